@@ -1,0 +1,44 @@
+# One-command set-up: every target installs what is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR := .demo
+DEMO_PORT ?= 18777
+MNT := mnt
+
+.PHONY: sysdeps venv test lint demo demo-stop bench clean
+
+sysdeps:
+	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null; then \
+		echo "installing fuse3 libfuse3-dev pkg-config with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse3-dev pkg-config >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml | sysdeps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: sysdeps $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/mypy
+
+test: lint
+	COMET_ERROR_TRACKING_ENABLE=false $(BIN)/pytest
+
+demo: venv
+	DEMO_DIR=$(DEMO_DIR) DEMO_PORT=$(DEMO_PORT) MNT=$(MNT) BIN=$(BIN) scripts/demo.sh start
+
+demo-stop:
+	DEMO_DIR=$(DEMO_DIR) DEMO_PORT=$(DEMO_PORT) MNT=$(MNT) BIN=$(BIN) scripts/demo.sh stop
+
+bench: venv
+	$(BIN)/python scripts/bench.py
+
+clean: demo-stop
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
