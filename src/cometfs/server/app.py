@@ -1,0 +1,642 @@
+"""The local Comet-compatible HTTP server: routing, auth, byte serving, redirects, faults.
+
+`CometServer` wraps a stdlib `ThreadingHTTPServer`. Its accept loop runs on one background
+thread (started by `start()`); every connection gets its own daemon handler thread, so
+parallel downloads are served in parallel. Handlers read the store through
+`Store.snapshot()`, which picks up commits made by other processes on the next request.
+
+Choices for behaviour the real backend does not document ([INFERRED] in the spec):
+
+- An unknown artifact, version or alias answers 400 with sdk_error_code 624523 (the Java
+  SDK's noArtifactVersionFound) for artifacts/get, artifacts/version and
+  artifacts/version/files alike. The Python SDK maps only 624523 to `ArtifactNotFound`;
+  624522 (noArtifactFound) would surface as a bare `CometRestApiException`.
+- artifacts/get-all on an unknown, or not permitted, workspace answers
+  404 {"msg": "Workspace not found", "code": 404, "sdk_error_code": 90219}. A key with a
+  workspace list sees exactly those workspaces (listed by `workspaces` even while empty);
+  anything in another workspace behaves as if it did not exist.
+- get-asset: an unknown asset (or one whose artifactVersionId does not match) is 404; a
+  remote asset is 400 (it has no bytes here). experiment/metadata of an unknown
+  experiment is 404.
+- A missing or wrong key on /api/rest/v2/* is 401 with sdk_error_code 90212
+  (apiKeyNotRegistered). /clientlib/isAlive/ver and /blob/<token> need no key.
+- get-asset honours a single `Range` (206/416) unless the server runs with ranges=False,
+  sends `Accept-Ranges: bytes` and an `ETag` holding the blob's sha256. With
+  redirect=True and allow301=true it answers 302 to /blob/<token> on this server, where
+  the token is an HMAC (per-server secret) of the blob id and an expiry.
+- Non-GET/HEAD methods answer 405 (the server is read-only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from cometfs.server import render
+from cometfs.server.auth import ApiKey, parse_api_key
+from cometfs.server.faults import FaultPlan, FaultRule
+from cometfs.server.reqlog import RequestLog
+from cometfs.server.store import OWNER, ArtifactRec, Snapshot, Store, VersionRec
+
+logger = logging.getLogger(__name__)
+
+BACKEND_VERSION = "3.40.0"
+REST_PREFIX = "/api/rest/v2/"
+SDK_NO_VERSION = 624523
+SDK_NO_WORKSPACE = 90219
+SDK_BAD_KEY = 90212
+JSON_TYPE = "application/json"
+BYTES_TYPE = "application/octet-stream"
+REDIRECT_TTL = 3600.0
+_IDLE_TIMEOUT = 300.0
+_BLOB_TOKEN_RE = re.compile(r"^([0-9a-f]{64})\.(\d+)\.([0-9a-f]{64})$")
+_RANGE_RE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+
+# Path below /api/rest/v2/ -> endpoint name used in the request log and in fault rules.
+REST_ENDPOINTS = {
+    "account-details": "account-details",
+    "workspaces": "workspaces",
+    "artifacts/get-all": "artifacts/get-all",
+    "artifacts/get": "artifacts/get",
+    "artifacts/version": "artifacts/version",
+    "artifacts/version/files": "artifacts/version/files",
+    "experiment/asset/get-asset": "get-asset",
+    "experiment/metadata": "experiment/metadata",
+}
+
+
+class HttpError(Exception):
+    """Raised by endpoint code; becomes a JSON error answer."""
+
+    def __init__(
+        self,
+        status: int,
+        msg: str,
+        sdk_error_code: int | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.msg = msg
+        self.sdk_error_code = sdk_error_code
+        self.headers = list(headers)
+
+
+_UNSATISFIABLE = (-1, -1)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """Parse one `bytes=` range against `size`.
+
+    Returns (first, last) inclusive, `_UNSATISFIABLE`, or None to ignore the header
+    (malformed or multi-range: RFC 9110 lets a server answer those with the full body).
+    """
+    unit, sep, spec = header.strip().partition("=")
+    if not sep or unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    m = _RANGE_RE.match(spec)
+    if m is None:
+        return None
+    first_s, last_s = m.groups()
+    if not first_s and not last_s:
+        return None
+    if not first_s:
+        suffix = int(last_s)
+        if suffix == 0 or size == 0:
+            return _UNSATISFIABLE
+        return max(0, size - suffix), size - 1
+    first = int(first_s)
+    if last_s and int(last_s) < first:
+        return None
+    if first >= size:
+        return _UNSATISFIABLE
+    last = min(int(last_s), size - 1) if last_s else size - 1
+    return first, last
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("true", "1", "yes")
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, app: CometServer, address: tuple[str, int]) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.app = app
+        self._conn_lock = threading.Lock()
+        self._active: set[socket.socket] = set()
+        self._to_reset: set[int] = set()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup we do not want.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        with self._conn_lock:
+            self._active.add(request)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            with self._conn_lock:
+                self._active.discard(request)
+
+    def mark_reset(self, request: socket.socket) -> None:
+        with self._conn_lock:
+            self._to_reset.add(id(request))
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conn_lock:
+            reset = id(request) in self._to_reset
+            self._to_reset.discard(id(request))
+        if reset:
+            # Skip the orderly shutdown(SHUT_WR): with SO_LINGER 0, close() sends an RST.
+            self.close_request(request)
+        else:
+            super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Wake handler threads blocked on idle keep-alive connections so they exit."""
+        with self._conn_lock:
+            active = list(self._active)
+        for sock in active:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            # A client dropping or resetting an idle keep-alive connection is routine.
+            logger.debug("server: connection from %s ended: %s", client_address, exc)
+        else:
+            logger.exception("server: unhandled error on a connection from %s", client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "cometfs-local"
+    timeout = _IDLE_TIMEOUT
+    server: _HTTPServer
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        logger.debug("%s - " + format, self.address_string(), *args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None
+                   ) -> None:
+        """JSON instead of the stdlib's HTML for requests it rejects itself (malformed ones)."""
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        body = json.dumps(render.error_body(message or phrase, code, None)).encode()
+        self.send_response(code, message)
+        self.send_header("Content-Type", JSON_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._dispatch(head=False)
+
+    def do_HEAD(self) -> None:
+        self._dispatch(head=True)
+
+    def _not_allowed(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > 0:
+            self.rfile.read(length)  # keep the keep-alive stream in sync
+        self._dispatch(head=False, method_allowed=False)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
+
+    def _dispatch(self, *, head: bool, method_allowed: bool = True) -> None:
+        app = self.server.app
+        split = urlsplit(self.path)
+        path = split.path
+        params = {k: v[0] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        endpoint, handler = self._route(path)
+        self._head = head
+        self._truncate = False
+        self._bytes = 0
+        self._entry: dict[str, Any] = {
+            "time": time.time(), "method": self.command, "path": path,
+            "endpoint": endpoint, "params": params, "range": self.headers.get("Range"),
+            "status": None, "bytes": 0, "duration_ms": None,
+        }
+        self._recorded = False
+        started = time.monotonic()
+        try:
+            delay, rule = app.faults.pick(endpoint)
+            if delay > 0:
+                time.sleep(delay)
+            if rule is not None and self._apply_fault(rule):
+                return
+            if not method_allowed:
+                raise HttpError(405, f"method {self.command} not allowed: the server is read-only",
+                                headers=[("Allow", "GET, HEAD")])
+            handler(params)
+        except HttpError as exc:
+            self._send_json(exc.status, render.error_body(exc.msg, exc.status, exc.sdk_error_code),
+                            exc.headers)
+        except (ConnectionError, TimeoutError):
+            logger.debug("server: client went away during %s", endpoint)
+            self.close_connection = True
+        except Exception:
+            logger.exception("server: internal error on %s %s", self.command, path)
+            if self._recorded:
+                self.close_connection = True  # headers already went out; cannot recover
+            else:
+                self._send_json(500, render.error_body("internal server error", 500, None))
+        finally:
+            self._entry_done(started)
+
+    def _entry_done(self, started: float) -> None:
+        log = self.server.app.request_log
+        if not self._recorded:
+            log.record(self._entry)
+            self._recorded = True
+        log.update(self._entry, bytes=self._bytes,
+                   duration_ms=round((time.monotonic() - started) * 1000, 3))
+        log.finish(self._entry)
+
+    def _begin(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
+        """Record the log entry, then send the status line and headers."""
+        self._entry["status"] = status
+        self.server.app.request_log.record(self._entry)
+        self._recorded = True
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+
+    def _write(self, data: bytes) -> None:
+        if self._head:
+            return
+        if self._truncate:
+            data = data[: len(data) // 2]
+            self.close_connection = True
+        self.wfile.write(data)
+        self._bytes += len(data)
+
+    def _send_json(
+        self, status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        body = json.dumps(obj).encode("utf-8")
+        self._begin(status, [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))),
+                             *headers])
+        self._write(body)
+
+    def _apply_fault(self, rule: FaultRule) -> bool:
+        """Apply a terminal fault; True when the request is fully handled by it."""
+        logger.info("server: injecting %s fault on %s", rule.kind, self._entry["endpoint"])
+        if rule.kind == "status":
+            status = int(rule.status or 500)
+            headers = []
+            if rule.retry_after is not None:
+                headers.append(("Retry-After", f"{rule.retry_after:g}"))
+            self._send_json(status, render.error_body(f"injected fault {status}", status, None),
+                            headers)
+            return True
+        if rule.kind == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.server.mark_reset(self.connection)
+            self.close_connection = True
+            return True
+        if rule.kind == "truncate":
+            self._truncate = True
+        return False
+
+    def _route(self, path: str) -> tuple[str, Callable[[dict[str, str]], None]]:
+        if path == "/clientlib/isAlive/ver":
+            return "isAlive", self._is_alive
+        if path.startswith("/blob/"):
+            return "blob", self._blob
+        if path.startswith(REST_PREFIX):
+            name = REST_ENDPOINTS.get(path[len(REST_PREFIX):])
+            if name is not None:
+                return name, self._authed(getattr(self, "_e_" + name.replace("/", "_")
+                                                  .replace("-", "_")))
+            return "unknown", self._authed(self._unknown)
+        return "unknown", self._unknown
+
+    def _authed(
+        self, fn: Callable[[dict[str, str], ApiKey, Snapshot], None]
+    ) -> Callable[[dict[str, str]], None]:
+        def run(params: dict[str, str]) -> None:
+            key = self.server.app.authenticate(self.headers.get("Authorization"))
+            if key is None:
+                raise HttpError(401, "Invalid or missing API key", SDK_BAD_KEY)
+            fn(params, key, self.server.app.store.snapshot())
+
+        return run
+
+    def _unknown(self, params: Any, *_: Any) -> None:
+        raise HttpError(404, f"no such endpoint: {self._entry['path']}")
+
+    # ---- endpoints ---------------------------------------------------------------------
+
+    def _is_alive(self, params: dict[str, str]) -> None:
+        self._send_json(200, {"version": BACKEND_VERSION})
+
+    def _e_account_details(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
+        self._send_json(200, {"userName": OWNER,
+                              "defaultWorkspaceName": _default_workspace(key, snap)})
+
+    def _e_workspaces(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
+        self._send_json(200, {"workspaceNames": _visible_workspaces(key, snap)})
+
+    def _e_artifacts_get_all(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
+        ws = params.get("workspace")
+        if not ws:
+            raise HttpError(400, "workspace is required")
+        if ws not in _visible_workspaces(key, snap):
+            raise HttpError(404, "Workspace not found", SDK_NO_WORKSPACE)
+        wanted = params.get("type")
+        arts = sorted(snap.artifacts.get(ws, {}).values(), key=lambda a: a.name)
+        self._send_json(200, {"artifacts": [
+            render.artifact_summary(a) for a in arts if not wanted or a.artifact_type == wanted
+        ]})
+
+    def _e_artifacts_get(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
+        art = _find_artifact(key, snap, params.get("artifact_id"), params.get("workspace"),
+                             params.get("artifactName"))
+        self._send_json(200, render.artifact_details(art))
+
+    def _e_artifacts_version(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
+        ws = params.get("workspace")
+        if not ws and params.get("experimentKey"):
+            exp = snap.experiments.get(params["experimentKey"])
+            ws = exp["workspaceName"] if exp else None
+        art = _find_artifact(key, snap, params.get("artifactId"), ws or None,
+                             params.get("artifactName"), default_ws=True)
+        ver: VersionRec | None
+        if params.get("versionId"):
+            ver = next((v for v in art.versions if v.version_id == params["versionId"]), None)
+        elif params.get("version"):
+            ver = art.find_version(params["version"])
+        elif params.get("alias"):
+            ver = art.find_alias(params["alias"])
+        elif params.get("versionOrAlias"):
+            voa = params["versionOrAlias"]
+            ver = art.find_version(voa) or art.find_alias(voa)
+        else:
+            ver = art.latest
+        if ver is None:
+            raise HttpError(400, "No artifact version found", SDK_NO_VERSION)
+        self._send_json(200, render.version_details(art, ver))
+
+    def _e_artifacts_version_files(
+        self, params: dict[str, str], key: ApiKey, snap: Snapshot
+    ) -> None:
+        art = _find_artifact(key, snap, params.get("artifact_id"), params.get("workspace"),
+                             params.get("artifactName"))
+        if params.get("version"):
+            ver = art.find_version(params["version"])
+        elif params.get("alias"):
+            ver = art.find_alias(params["alias"])
+        else:
+            ver = art.latest
+        if ver is None:
+            raise HttpError(400, "No artifact version found", SDK_NO_VERSION)
+        self._send_json(200, render.version_files(art, ver))
+
+    def _e_experiment_metadata(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
+        exp = snap.experiments.get(params.get("experimentKey") or "")
+        if exp is None or not key.sees(str(exp.get("workspaceName"))):
+            raise HttpError(404, "Experiment not found")
+        self._send_json(200, dict(exp))
+
+    def _e_get_asset(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
+        found = snap.by_asset_id.get(params.get("assetId") or "")
+        if found is None or not key.sees(found[0].workspace):
+            raise HttpError(404, "Asset not found")
+        art, ver, asset = found
+        wanted_vid = params.get("artifactVersionId")
+        if wanted_vid and wanted_vid != ver.version_id:
+            raise HttpError(404, "Asset not found in that artifact version")
+        if asset.remote or asset.sha256 is None:
+            raise HttpError(400, f"Asset {asset.file_name!r} is a remote asset; "
+                                 f"fetch it from its link")
+        app = self.server.app
+        if app.redirect and _truthy(params.get("allow301")):
+            token = app.blob_token(asset.sha256)
+            host = self.headers.get("Host") or app.url.split("://", 1)[1]
+            location = f"http://{host}/blob/{token}"
+            self._begin(302, [("Location", location), ("Content-Length", "0")])
+            return
+        self._send_blob(snap.blob_path(asset.sha256), asset.sha256, app.ranges)
+
+    def _blob(self, params: dict[str, str]) -> None:
+        app = self.server.app
+        sha = app.check_blob_token(self._entry["path"][len("/blob/"):])
+        if sha is None:
+            raise HttpError(403, "invalid or expired blob token")
+        self._send_blob(app.store.snapshot().blob_path(sha), sha, ranges=True)
+
+    # ---- bytes -------------------------------------------------------------------------
+
+    def _send_blob(self, path: Path, sha256: str, ranges: bool) -> None:
+        try:
+            f: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed below, after sendfile
+        except FileNotFoundError:
+            logger.error("server: blob %s is missing from the store", sha256)
+            raise HttpError(500, "asset bytes are missing from the store") from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            first, last, status = 0, size - 1, 200
+            header = self.headers.get("Range") if ranges else None
+            if header is not None:
+                window = parse_range(header, size)
+                if window == _UNSATISFIABLE:
+                    raise HttpError(416, "Range Not Satisfiable",
+                                    headers=[("Content-Range", f"bytes */{size}")])
+                if window is not None:
+                    first, last = window
+                    status = 206
+            length = last - first + 1 if size else 0
+            headers = [("Content-Type", BYTES_TYPE), ("Content-Length", str(length)),
+                       ("ETag", f'"{sha256}"')]
+            if ranges:
+                headers.append(("Accept-Ranges", "bytes"))
+            if status == 206:
+                headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
+            self._begin(status, headers)
+            if self._head or length == 0:
+                return
+            if self._truncate:
+                length //= 2
+                self.close_connection = True
+            # socket.sendfile uses os.sendfile: the bytes never pass through Python.
+            sent = self.connection.sendfile(f, first, length)
+            self._bytes += sent
+            if sent < length:
+                self.close_connection = True
+
+
+def _visible_workspaces(key: ApiKey, snap: Snapshot) -> list[str]:
+    if key.workspaces is None:
+        return snap.workspaces()
+    return sorted(key.workspaces)
+
+
+def _default_workspace(key: ApiKey, snap: Snapshot) -> str | None:
+    visible = _visible_workspaces(key, snap)
+    return visible[0] if visible else None
+
+
+def _find_artifact(
+    key: ApiKey,
+    snap: Snapshot,
+    artifact_id: str | None,
+    workspace: str | None,
+    quoted_name: str | None,
+    *,
+    default_ws: bool = False,
+) -> ArtifactRec:
+    """Resolve an artifact by id or by (workspace, name); 400/624523 when not visible."""
+    art: ArtifactRec | None = None
+    if artifact_id:
+        art = snap.by_artifact_id.get(artifact_id)
+        if art is not None and workspace and art.workspace != workspace:
+            art = None
+    elif quoted_name:
+        # The SDK (>= 3.56) quotes the name itself before requests encodes it again.
+        name = unquote(quoted_name)
+        if not workspace and default_ws:
+            workspace = _default_workspace(key, snap)
+        if workspace:
+            art = snap.artifact(workspace, name)
+    else:
+        raise HttpError(400, "artifactName (with workspace) or an artifact id is required")
+    if art is None or not key.sees(art.workspace):
+        raise HttpError(400, "Artifact not found", SDK_NO_VERSION)
+    return art
+
+
+class CometServer:
+    """A Comet-compatible REST server over a `Store`, on a background thread.
+
+    `request_log` records every request (the newest `request_log_max` in memory; all of
+    them in `request_log_path` when given); `faults` can be changed while it runs.
+    `redirect_ttl` is how long a /blob/<token> URL from a redirect stays valid.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_keys: Sequence[ApiKey | str],
+        ranges: bool = True,
+        redirect: bool = False,
+        faults: FaultPlan | None = None,
+        request_log_path: Path | None = None,
+        request_log_max: int | None = 100_000,
+        redirect_ttl: float = REDIRECT_TTL,
+    ) -> None:
+        keys = [k if isinstance(k, ApiKey) else parse_api_key(k) for k in api_keys]
+        if not keys:
+            raise ValueError("a server needs at least one API key")
+        self.store = store
+        self.host = host
+        self.port = port
+        self.api_keys: tuple[ApiKey, ...] = tuple(keys)
+        self.ranges = ranges
+        self.redirect = redirect
+        self.redirect_ttl = redirect_ttl
+        self.faults = faults if faults is not None else FaultPlan()
+        self.request_log = RequestLog(request_log_path, maxlen=request_log_max)
+        self._secret = os.urandom(32)
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> CometServer:
+        """Bind, listen and serve on a background thread; returns once listening."""
+        if self._httpd is not None:
+            raise RuntimeError("server already started")
+        self._httpd = _HTTPServer(self, (self.host, self.port))
+        self.port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+            name=f"cometfs-server-{self.port}", daemon=True,
+        )
+        self._thread.start()
+        logger.info("server: listening on %s", self.url)
+        return self
+
+    def close(self) -> None:
+        """Stop accepting, drop idle connections, wait for the accept loop, free the port."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.drop_connections()
+        if self._thread is not None:
+            self._thread.join()
+        httpd.server_close()
+
+    def __enter__(self) -> CometServer:
+        return self.start() if self._httpd is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def authenticate(self, header: str | None) -> ApiKey | None:
+        if not header:
+            return None
+        for key in self.api_keys:
+            if key.matches(header.strip()):
+                return key
+        return None
+
+    def blob_token(self, sha256: str, now: float | None = None) -> str:
+        expiry = int((time.time() if now is None else now) + self.redirect_ttl)
+        mac = hmac.new(self._secret, f"{sha256}.{expiry}".encode(), hashlib.sha256).hexdigest()
+        return f"{sha256}.{expiry}.{mac}"
+
+    def check_blob_token(self, token: str) -> str | None:
+        """The blob id a token grants, or None when it is forged or expired."""
+        m = _BLOB_TOKEN_RE.match(token)
+        if m is None:
+            return None
+        sha, expiry, mac = m.groups()
+        good = hmac.new(self._secret, f"{sha}.{expiry}".encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(good, mac) or int(expiry) < time.time():
+            return None
+        return sha
+

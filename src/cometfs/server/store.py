@@ -1,0 +1,701 @@
+"""The local server's store: artifact versions and their bytes in one directory on disk.
+
+Writers (`cometfs store add`, `seed_demo`, tests) call `Store.add_version` and friends; the
+HTTP app reads through `Store.snapshot()`. Both may live in different processes at once.
+
+Layout under the root (every JSON file is written to a temporary name and renamed):
+
+    store.json                                   {"format": 1}
+    lock                                         fcntl.flock target that serialises writers
+    generation                                   a fresh id after every commit; readers read it
+    tmp/                                         half-written files; never read
+    blobs/<sha256>                               asset bytes, content addressed, mode 0444
+    experiments/<key>.json                       source experiment records (E9)
+    workspaces/<ws>/workspace.json               {"name", "workspaceId"}
+    workspaces/<ws>/<artifact>/artifact.json     the COMMIT POINT: type, tags, the list of
+                                                 committed versions and the alias map
+    workspaces/<ws>/<artifact>/versions/<v>.json one version: id, metadata, tags, assets
+
+Directory names are the workspace/artifact names percent-encoded (dots and tildes too), or
+`%h<sha256>` when that would be too long. A version becomes visible only when artifact.json
+lists it, so a failure half-way through `add_version` leaves at most orphan blobs and an
+unlisted version file behind, never a half-written version. Aliases live in artifact.json
+(not in the version files) so that moving an alias from one version to another is a single
+atomic rename.
+
+Readers: `snapshot()` returns an immutable `Snapshot`; it is rebuilt only when the generation
+file's content (a fresh id per commit) changes, so another process's commit shows up on the
+next request. Safe to call from any thread; writers take a process-level file lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import semantic_version
+
+from cometfs.errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+STORE_FORMAT = 1
+OWNER = "local"
+PROJECT_NAME = "cometfs-store"
+_COPY_CHUNK = 4 << 20
+_MAX_DIRNAME = 200
+_EXPERIMENT_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class AssetSource:
+    """One asset to add: its logical path (kept verbatim) and its bytes from a file or memory.
+
+    Exactly one of `path` and `data` must be given. `metadata` (a JSON object) and
+    `asset_type` are optional extras that end up in the files listing (E7).
+    """
+
+    logical_path: str
+    path: Path | None = None
+    data: bytes | None = None
+    metadata: Mapping[str, Any] | None = None
+    asset_type: str = "asset"
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.data is None):
+            raise StoreError(
+                f"asset {self.logical_path!r}: give exactly one of path= and data="
+            )
+
+
+@dataclass(frozen=True)
+class AssetRec:
+    """One stored asset of a version."""
+
+    asset_id: str
+    file_name: str
+    file_size: int
+    remote: bool
+    link: str | None
+    asset_type: str
+    metadata: Mapping[str, Any] | None
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class VersionRec:
+    """One committed version. `aliases` are the stored ones (no automatic "Latest")."""
+
+    version_id: str
+    version: str
+    aliases: tuple[str, ...]
+    tags: tuple[str, ...]
+    metadata: Mapping[str, Any]
+    added_ms: int
+    experiment_key: str
+    owner: str
+    state: str
+    size: int
+    assets: tuple[AssetRec, ...]
+
+
+@dataclass(frozen=True)
+class ArtifactRec:
+    """One artifact with its committed versions, sorted by ascending semver."""
+
+    artifact_id: str
+    workspace: str
+    workspace_id: str
+    name: str
+    artifact_type: str
+    description: str | None
+    tags: tuple[str, ...]
+    created_ms: int
+    versions: tuple[VersionRec, ...]
+
+    @property
+    def latest(self) -> VersionRec | None:
+        return self.versions[-1] if self.versions else None
+
+    def find_version(self, version: str) -> VersionRec | None:
+        for v in self.versions:
+            if v.version == version:
+                return v
+        return None
+
+    def find_alias(self, alias: str) -> VersionRec | None:
+        """Resolve an alias; `latest` (any case) always means the highest version."""
+        if alias.lower() == "latest":
+            return self.latest
+        for v in self.versions:
+            if alias in v.aliases:
+                return v
+        return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable view of the whole store at one generation."""
+
+    root: Path
+    workspace_ids: Mapping[str, str]
+    artifacts: Mapping[str, Mapping[str, ArtifactRec]]
+    experiments: Mapping[str, Mapping[str, Any]]
+    by_artifact_id: Mapping[str, ArtifactRec] = field(default_factory=dict)
+    by_version_id: Mapping[str, tuple[ArtifactRec, VersionRec]] = field(default_factory=dict)
+    by_asset_id: Mapping[str, tuple[ArtifactRec, VersionRec, AssetRec]] = field(
+        default_factory=dict
+    )
+
+    def workspaces(self) -> list[str]:
+        return sorted(self.artifacts)
+
+    def artifact(self, workspace: str, name: str) -> ArtifactRec | None:
+        return self.artifacts.get(workspace, {}).get(name)
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.root / "blobs" / sha256
+
+
+def _dirname(name: str) -> str:
+    """Reversible-enough, collision-free directory name for a workspace or artifact name."""
+    enc = quote(name, safe="").replace(".", "%2E").replace("~", "%7E")
+    if len(enc) > _MAX_DIRNAME:
+        return "%h" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+    return enc
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise StoreError(f"{kind} name must be a non-empty string, got {name!r}")
+    if "/" in name:
+        raise StoreError(f"{kind} name must not contain '/': {name!r}")
+
+
+def _check_version(version: str) -> str:
+    if not isinstance(version, str):
+        raise StoreError(f"version must be a string, got {version!r}")
+    try:
+        parsed = semantic_version.Version(version)
+    except ValueError as exc:
+        raise StoreError(
+            f"version {version!r} is not strict semver (MAJOR.MINOR.PATCH[-pre][+build]): {exc}"
+        ) from None
+    if str(parsed) != version:
+        raise StoreError(f"version {version!r} is not in canonical form ({parsed})")
+    return version
+
+
+def _check_labels(kind: str, labels: Sequence[str] | None) -> tuple[str, ...]:
+    if labels is None:
+        return ()
+    if isinstance(labels, str):
+        raise StoreError(f"{kind} must be a list of strings, not a single string")
+    out: list[str] = []
+    for label in labels:
+        if not isinstance(label, str) or not label:
+            raise StoreError(f"{kind} must be non-empty strings, got {label!r}")
+        if label not in out:
+            out.append(label)
+    return tuple(out)
+
+
+def _check_aliases(aliases: Sequence[str] | None) -> tuple[str, ...]:
+    out = _check_labels("aliases", aliases)
+    for alias in out:
+        # "latest" is resolved by the server to the highest version; storing it would make
+        # the alias ambiguous.
+        if alias.lower() == "latest":
+            raise StoreError(f"alias {alias!r} is reserved (it always means the highest version)")
+    return out
+
+
+def _check_metadata(kind: str, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise StoreError(f"{kind} metadata must be a JSON object, got {type(metadata).__name__}")
+    try:
+        # A round trip both validates JSON-ability and detaches the caller's objects.
+        parsed = json.loads(json.dumps(dict(metadata), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{kind} metadata is not JSON-serialisable: {exc}") from None
+    if not isinstance(parsed, dict):  # pragma: no cover - guarded above
+        raise StoreError(f"{kind} metadata must be a JSON object")
+    return parsed
+
+
+def _version_key(v: str) -> semantic_version.Version:
+    return semantic_version.Version(v)
+
+
+def _read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class Store:
+    """A store directory. Cheap to construct; several instances may share one root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._snap_lock = threading.Lock()
+        self._snap_key: bytes | None = None
+        self._snap: Snapshot | None = None
+        self._init_layout()
+
+    # ---- layout and locking ------------------------------------------------------------
+
+    def _init_layout(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for sub in ("blobs", "tmp", "experiments", "workspaces"):
+                (self.root / sub).mkdir(exist_ok=True)
+            marker = self.root / "store.json"
+            if not marker.exists():
+                self._write_json(marker, {"format": STORE_FORMAT})
+            else:
+                fmt = _read_json(marker).get("format")
+                if fmt != STORE_FORMAT:
+                    raise StoreError(f"{self.root}: unsupported store format {fmt!r}")
+        except OSError as exc:
+            raise StoreError(f"cannot use store directory {self.root}: {exc}") from None
+        except ValueError as exc:
+            raise StoreError(f"{self.root}/store.json is corrupt: {exc}") from None
+
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        # flock locks belong to the open file description, so this serialises threads of
+        # one process as well as separate processes.
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _tmp_path(self, hint: str) -> Path:
+        return self.root / "tmp" / f"{uuid.uuid4().hex}.{hint}"
+
+    def _write_json(self, path: Path, obj: Any) -> None:
+        tmp = self._tmp_path("json")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=1, sort_keys=True, ensure_ascii=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def _bump_generation(self) -> None:
+        # Renamed into place, so a reader sees the old or the new id, never a torn file.
+        self._write_json(self.root / "generation",
+                         {"id": uuid.uuid4().hex, "time_ns": time.time_ns()})
+
+    def _artifact_dir(self, workspace: str, name: str) -> Path:
+        return self.root / "workspaces" / _dirname(workspace) / _dirname(name)
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def _put_blob(self, source: AssetSource) -> tuple[str, int]:
+        """Copy one source into blobs/ and return (sha256, size)."""
+        tmp = self._tmp_path("blob")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(tmp, "wb") as out:
+                if source.data is not None:
+                    data = bytes(source.data)
+                    digest.update(data)
+                    out.write(data)
+                    size = len(data)
+                else:
+                    assert source.path is not None
+                    size = self._copy_file(source.logical_path, Path(source.path), out, digest)
+                out.flush()
+                os.fsync(out.fileno())
+            sha = digest.hexdigest()
+            dest = self.root / "blobs" / sha
+            if dest.exists():
+                tmp.unlink()
+            else:
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, dest)
+            return sha, size
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    @staticmethod
+    def _copy_file(logical: str, path: Path, out: Any, digest: Any) -> int:
+        try:
+            # O_NONBLOCK so that a FIFO cannot hang us before the S_ISREG check.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise StoreError(f"asset {logical!r}: cannot read {path}: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(f"asset {logical!r}: {path} is not a regular file")
+        with os.fdopen(fd, "rb") as src:
+            size = 0
+            try:
+                while chunk := src.read(_COPY_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            except OSError as exc:
+                raise StoreError(f"asset {logical!r}: reading {path} failed: {exc}") from None
+            return size
+
+    def add_version(
+        self,
+        workspace: str,
+        name: str,
+        assets: Sequence[AssetSource],
+        *,
+        version: str | None = None,
+        artifact_type: str = "dataset",
+        aliases: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        version_tags: Sequence[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+        remotes: Mapping[str, str] | None = None,
+        description: str | None = None,
+        experiment_key: str | None = None,
+        created_ms: int | None = None,
+    ) -> str:
+        """Add one version atomically and return its version string.
+
+        Without `version`, a new artifact gets 1.0.0 and an existing one the next major
+        version after its highest. Aliases given here move off older versions. `tags` are
+        merged into the artifact's tags; type and description are set by the first version
+        (a later non-None description replaces it).
+        """
+        _check_name("workspace", workspace)
+        _check_name("artifact", name)
+        if version is not None:
+            _check_version(version)
+        if not isinstance(artifact_type, str) or not artifact_type:
+            raise StoreError(f"artifact type must be a non-empty string, got {artifact_type!r}")
+        alias_list = _check_aliases(aliases)
+        tag_list = _check_labels("tags", tags)
+        vtag_list = _check_labels("version tags", version_tags)
+        meta = _check_metadata("version", metadata)
+        remote_items = list((remotes or {}).items())
+        for logical, uri in remote_items:
+            if not isinstance(logical, str) or not logical:
+                raise StoreError(f"remote asset logical path must be non-empty, got {logical!r}")
+            if not isinstance(uri, str) or not uri:
+                raise StoreError(f"remote asset {logical!r}: link must be a non-empty string")
+        sources = list(assets)
+        asset_metas: list[dict[str, Any] | None] = []
+        for src in sources:
+            if not isinstance(src, AssetSource):
+                raise StoreError(f"assets must be AssetSource objects, got {type(src).__name__}")
+            if not isinstance(src.logical_path, str) or not src.logical_path:
+                raise StoreError("asset logical path must be a non-empty string")
+            asset_metas.append(
+                None if src.metadata is None else _check_metadata(src.logical_path, src.metadata)
+            )
+        if experiment_key is not None and not _EXPERIMENT_KEY_RE.match(experiment_key):
+            raise StoreError(
+                f"experiment key must be 1-128 characters of [A-Za-z0-9_-], got {experiment_key!r}"
+            )
+        now_ms = int(time.time() * 1000) if created_ms is None else int(created_ms)
+
+        try:
+            with self._write_lock():
+                return self._add_version_locked(
+                    workspace, name, sources, asset_metas, remote_items,
+                    version=version, artifact_type=artifact_type, aliases=alias_list,
+                    tags=tag_list, version_tags=vtag_list, metadata=meta,
+                    description=description, experiment_key=experiment_key, now_ms=now_ms,
+                )
+        except OSError as exc:
+            raise StoreError(f"adding {workspace}/{name} failed: {exc}") from None
+
+    def _add_version_locked(
+        self,
+        workspace: str,
+        name: str,
+        sources: list[AssetSource],
+        asset_metas: list[dict[str, Any] | None],
+        remote_items: list[tuple[str, str]],
+        *,
+        version: str | None,
+        artifact_type: str,
+        aliases: tuple[str, ...],
+        tags: tuple[str, ...],
+        version_tags: tuple[str, ...],
+        metadata: dict[str, Any],
+        description: str | None,
+        experiment_key: str | None,
+        now_ms: int,
+    ) -> str:
+        art_dir = self._artifact_dir(workspace, name)
+        art_file = art_dir / "artifact.json"
+        art: dict[str, Any] | None = _read_json(art_file) if art_file.exists() else None
+        committed: list[str] = list(art["versions"]) if art else []
+        if version is None:
+            if committed:
+                highest = max(committed, key=_version_key)
+                version = str(_version_key(highest).next_major())
+            else:
+                version = "1.0.0"
+        if version in committed:
+            raise StoreError(f"{workspace}/{name} already has version {version}")
+
+        records: list[dict[str, Any]] = []
+        for src, ameta in zip(sources, asset_metas, strict=True):
+            sha, size = self._put_blob(src)
+            records.append({
+                "assetId": uuid.uuid4().hex, "fileName": src.logical_path, "fileSize": size,
+                "remote": False, "link": None, "type": src.asset_type or "asset",
+                "metadata": ameta, "sha256": sha,
+            })
+        for logical, uri in remote_items:
+            records.append({
+                "assetId": uuid.uuid4().hex, "fileName": logical, "fileSize": 0,
+                "remote": True, "link": uri, "type": "asset", "metadata": None, "sha256": None,
+            })
+
+        key = experiment_key or uuid.uuid4().hex
+        version_id = str(uuid.uuid4())
+        vrec = {
+            "artifactVersionId": version_id, "version": version, "tags": list(version_tags),
+            "metadata": metadata, "added": now_ms, "experimentKey": key, "owner": OWNER,
+            "state": "CLOSED", "assets": records,
+        }
+        (art_dir / "versions").mkdir(parents=True, exist_ok=True)
+        self._write_json(art_dir / "versions" / f"{version}.json", vrec)
+
+        ws_dir = art_dir.parent
+        if not (ws_dir / "workspace.json").exists():
+            self._write_json(
+                ws_dir / "workspace.json", {"name": workspace, "workspaceId": uuid.uuid4().hex}
+            )
+        exp_file = self.root / "experiments" / f"{key}.json"
+        if not exp_file.exists():
+            self._write_json(exp_file, {
+                "experimentKey": key, "experimentName": f"{name}-{version}",
+                "projectName": PROJECT_NAME,
+                "projectId": hashlib.sha256(workspace.encode()).hexdigest()[:32],
+                "workspaceName": workspace, "archived": False, "durationMillis": 1000,
+                "startTimeMillis": now_ms - 1000, "endTimeMillis": now_ms, "running": False,
+                "fileName": None, "filePath": None, "optimizationId": None, "throttle": False,
+            })
+
+        if art is None:
+            art = {
+                "artifactId": str(uuid.uuid4()), "workspace": workspace, "name": name,
+                "type": artifact_type, "description": description, "tags": [],
+                "created": now_ms, "versions": [], "aliases": {},
+            }
+        elif description is not None:
+            art["description"] = description
+        art["tags"] = list(dict.fromkeys([*art["tags"], *tags]))
+        art["versions"] = [*committed, version]
+        for alias in aliases:
+            art["aliases"][alias] = version
+        self._write_json(art_file, art)  # the commit point
+        self._bump_generation()
+        logger.info("store: added %s/%s %s (%d assets)", workspace, name, version, len(records))
+        return version
+
+    def add_directory(
+        self, workspace: str, name: str, source_dir: Path, **kwargs: Any
+    ) -> str:
+        """Add every regular file under `source_dir` (sorted, posix relative paths)."""
+        source_dir = Path(source_dir)
+        if not source_dir.is_dir():
+            raise StoreError(f"source directory {source_dir} does not exist or is not a directory")
+        sources: list[AssetSource] = []
+
+        def walk_error(exc: OSError) -> None:
+            raise StoreError(f"cannot read {exc.filename}: {exc.strerror}")
+
+        for dirpath, dirnames, filenames in os.walk(source_dir, onerror=walk_error):
+            dirnames.sort()
+            for fname in sorted(filenames):
+                full = Path(dirpath) / fname
+                try:
+                    mode = full.lstat().st_mode
+                except OSError as exc:
+                    raise StoreError(f"cannot stat {full}: {exc.strerror}") from None
+                if stat.S_ISLNK(mode):
+                    try:
+                        mode = full.stat().st_mode
+                    except OSError:
+                        raise StoreError(f"{full} is a dangling symlink") from None
+                if not stat.S_ISREG(mode):
+                    raise StoreError(f"{full} is not a regular file (special files are refused)")
+                sources.append(
+                    AssetSource(full.relative_to(source_dir).as_posix(), path=full)
+                )
+        sources.sort(key=lambda s: s.logical_path)
+        return self.add_version(workspace, name, sources, **kwargs)
+
+    def move_alias(self, workspace: str, name: str, alias: str, version: str) -> None:
+        """Point `alias` at `version` of workspace/name, taking it off any other version."""
+        _check_aliases([alias])
+        with self._write_lock():
+            art_file = self._existing_artifact_file(workspace, name)
+            art = _read_json(art_file)
+            if version not in art["versions"]:
+                raise StoreError(f"{workspace}/{name} has no version {version}")
+            art["aliases"][alias] = version
+            self._write_json(art_file, art)
+            self._bump_generation()
+
+    def remove_alias(self, workspace: str, name: str, alias: str) -> None:
+        """Drop an alias; a missing alias is an error so typos do not pass silently."""
+        with self._write_lock():
+            art_file = self._existing_artifact_file(workspace, name)
+            art = _read_json(art_file)
+            if alias not in art["aliases"]:
+                raise StoreError(f"{workspace}/{name} has no alias {alias!r}")
+            del art["aliases"][alias]
+            self._write_json(art_file, art)
+            self._bump_generation()
+
+    def set_version_tags(
+        self, workspace: str, name: str, version: str, tags: Sequence[str]
+    ) -> None:
+        """Replace a version's tags."""
+        tag_list = _check_labels("version tags", tags)
+        with self._write_lock():
+            art_file = self._existing_artifact_file(workspace, name)
+            art = _read_json(art_file)
+            if version not in art["versions"]:
+                raise StoreError(f"{workspace}/{name} has no version {version}")
+            vfile = art_file.parent / "versions" / f"{version}.json"
+            vrec = _read_json(vfile)
+            vrec["tags"] = list(tag_list)
+            self._write_json(vfile, vrec)
+            self._bump_generation()
+
+    def _existing_artifact_file(self, workspace: str, name: str) -> Path:
+        _check_name("workspace", workspace)
+        _check_name("artifact", name)
+        art_file = self._artifact_dir(workspace, name) / "artifact.json"
+        if not art_file.exists():
+            raise StoreError(f"no artifact {workspace}/{name}")
+        return art_file
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """The current committed state; reloaded from disk when another writer committed."""
+        key = self._generation_key()
+        with self._snap_lock:
+            if self._snap is None or key != self._snap_key:
+                # Take the key before loading: a commit racing with the load only makes the
+                # next call reload again, never hides the commit.
+                self._snap = self._load()
+                self._snap_key = key
+            return self._snap
+
+    def _generation_key(self) -> bytes | None:
+        # The content holds a fresh uuid per commit; stat() fields could repeat (inode
+        # reuse within one mtime tick), the uuid cannot.
+        try:
+            return (self.root / "generation").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _load(self) -> Snapshot:
+        workspace_ids: dict[str, str] = {}
+        artifacts: dict[str, dict[str, ArtifactRec]] = {}
+        by_artifact_id: dict[str, ArtifactRec] = {}
+        by_version_id: dict[str, tuple[ArtifactRec, VersionRec]] = {}
+        by_asset_id: dict[str, tuple[ArtifactRec, VersionRec, AssetRec]] = {}
+        ws_root = self.root / "workspaces"
+        for ws_dir in sorted(ws_root.iterdir()):
+            try:
+                ws_info = _read_json(ws_dir / "workspace.json")
+            except (OSError, ValueError) as exc:
+                logger.debug("store: skipping %s: %s", ws_dir, exc)
+                continue
+            ws_name = ws_info["name"]
+            arts: dict[str, ArtifactRec] = {}
+            for art_dir in sorted(p for p in ws_dir.iterdir() if p.is_dir()):
+                rec = self._load_artifact(art_dir, ws_name, ws_info["workspaceId"])
+                if rec is None or not rec.versions:
+                    continue
+                arts[rec.name] = rec
+                by_artifact_id[rec.artifact_id] = rec
+                for v in rec.versions:
+                    by_version_id[v.version_id] = (rec, v)
+                    for a in v.assets:
+                        by_asset_id[a.asset_id] = (rec, v, a)
+            if arts:
+                artifacts[ws_name] = arts
+                workspace_ids[ws_name] = ws_info["workspaceId"]
+        experiments: dict[str, Mapping[str, Any]] = {}
+        for exp_file in (self.root / "experiments").glob("*.json"):
+            try:
+                exp = _read_json(exp_file)
+            except (OSError, ValueError) as exc:
+                logger.warning("store: unreadable experiment record %s: %s", exp_file, exc)
+                continue
+            experiments[exp["experimentKey"]] = exp
+        return Snapshot(
+            root=self.root, workspace_ids=workspace_ids, artifacts=artifacts,
+            experiments=experiments, by_artifact_id=by_artifact_id,
+            by_version_id=by_version_id, by_asset_id=by_asset_id,
+        )
+
+    def _load_artifact(self, art_dir: Path, ws_name: str, ws_id: str) -> ArtifactRec | None:
+        try:
+            art = _read_json(art_dir / "artifact.json")
+        except FileNotFoundError:
+            return None  # created by a writer that failed before its first commit
+        except (OSError, ValueError) as exc:
+            logger.warning("store: unreadable artifact record in %s: %s", art_dir, exc)
+            return None
+        alias_map: dict[str, str] = art.get("aliases", {})
+        versions: list[VersionRec] = []
+        for vstr in art["versions"]:
+            try:
+                raw = _read_json(art_dir / "versions" / f"{vstr}.json")
+            except (OSError, ValueError) as exc:
+                logger.warning("store: unreadable version %s in %s: %s", vstr, art_dir, exc)
+                continue
+            assets = tuple(
+                AssetRec(
+                    asset_id=a["assetId"], file_name=a["fileName"], file_size=a["fileSize"],
+                    remote=a["remote"], link=a["link"], asset_type=a["type"],
+                    metadata=a["metadata"], sha256=a["sha256"],
+                )
+                for a in raw["assets"]
+            )
+            versions.append(VersionRec(
+                version_id=raw["artifactVersionId"], version=vstr,
+                aliases=tuple(sorted(al for al, v in alias_map.items() if v == vstr)),
+                tags=tuple(raw["tags"]), metadata=raw["metadata"], added_ms=raw["added"],
+                experiment_key=raw["experimentKey"], owner=raw["owner"], state=raw["state"],
+                size=sum(a.file_size for a in assets if not a.remote), assets=assets,
+            ))
+        versions.sort(key=lambda v: _version_key(v.version))
+        return ArtifactRec(
+            artifact_id=art["artifactId"], workspace=ws_name, workspace_id=ws_id,
+            name=art["name"], artifact_type=art["type"], description=art["description"],
+            tags=tuple(art["tags"]), created_ms=art["created"], versions=tuple(versions),
+        )
+

@@ -1,0 +1,276 @@
+"""The server's store: validation, atomicity, version defaults, aliases, persistence."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from cometfs.errors import StoreError
+from cometfs.server import AssetSource, Store, seed_demo
+from cometfs.server.store import ArtifactRec, VersionRec
+
+
+def _art(store: Store, ws: str, name: str) -> ArtifactRec:
+    art = store.snapshot().artifact(ws, name)
+    assert art is not None, f"{ws}/{name} missing"
+    return art
+
+
+def _aliases_of(ver: VersionRec | None) -> tuple[str, ...]:
+    assert ver is not None
+    return ver.aliases
+
+
+def _version_of(ver: VersionRec | None) -> str:
+    assert ver is not None
+    return ver.version
+
+
+def test_add_version_roundtrip(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"hello file")
+    v = store.add_version(
+        "ws", "data", [AssetSource("a/f.bin", path=src), AssetSource("b.txt", data=b"xyz",
+                                                                      metadata={"k": 1})],
+        artifact_type="model", aliases=["prod"], tags=["t1"], version_tags=["vt"],
+        metadata={"n": 1, "nested": {"x": [1, 2]}}, remotes={"r.csv": "s3://b/r.csv"},
+        description="desc", experiment_key="0123456789abcdef0123456789abcdef",
+        created_ms=1234,
+    )
+    assert v == "1.0.0"
+    art = _art(store, "ws", "data")
+    assert (art.artifact_type, art.description, art.tags) == ("model", "desc", ("t1",))
+    ver = art.versions[0]
+    assert ver.aliases == ("prod",)
+    assert ver.tags == ("vt",)
+    assert ver.metadata == {"n": 1, "nested": {"x": [1, 2]}}
+    assert ver.added_ms == 1234
+    assert ver.experiment_key == "0123456789abcdef0123456789abcdef"
+    assert ver.state == "CLOSED"
+    assert ver.size == len(b"hello file") + 3
+    files = {a.file_name: a for a in ver.assets}
+    assert set(files) == {"a/f.bin", "b.txt", "r.csv"}
+    assert files["b.txt"].metadata == {"k": 1}
+    assert files["r.csv"].remote and files["r.csv"].link == "s3://b/r.csv"
+    assert files["r.csv"].file_size == 0
+    blob = store.snapshot().blob_path(files["a/f.bin"].sha256 or "")
+    assert blob.read_bytes() == b"hello file"
+    assert files["a/f.bin"].sha256 == hashlib.sha256(b"hello file").hexdigest()
+    assert len({a.asset_id for a in ver.assets}) == 3
+    exp = store.snapshot().experiments[ver.experiment_key]
+    assert exp["workspaceName"] == "ws" and exp["running"] is False
+
+
+def test_hostile_logical_paths_are_kept_verbatim(store: Store) -> None:
+    paths = ["../x", "/abs", "a//b", "dup", "dup", "f", "f/g", ".comet/x", "n" * 300,
+             "üñí/çødé ✓", "sp ace", "a\\b"]
+    store.add_version("ws", "hostile", [AssetSource(p, data=p.encode()) for p in paths])
+    ver = _art(store, "ws", "hostile").versions[0]
+    assert [a.file_name for a in ver.assets] == paths
+
+
+@pytest.mark.parametrize("bad", ["1.0", "v1.0.0", "01.0.0", "1.0.0.0", "", "latest", " 1.0.0"])
+def test_rejects_non_semver(store: Store, bad: str) -> None:
+    with pytest.raises(StoreError, match="semver"):
+        store.add_version("ws", "a", [AssetSource("x", data=b"1")], version=bad)
+
+
+def test_accepts_prerelease_and_build(store: Store) -> None:
+    assert store.add_version("ws", "a", [], version="1.0.0-rc.1+b7") == "1.0.0-rc.1+b7"
+    # semver: the next major release after 1.0.0-rc.1 is 1.0.0 itself.
+    assert store.add_version("ws", "a", []) == "1.0.0"
+    assert store.add_version("ws", "a", []) == "2.0.0"
+
+
+def test_duplicate_version(store: Store) -> None:
+    store.add_version("ws", "a", [AssetSource("x", data=b"1")], version="1.2.3")
+    with pytest.raises(StoreError, match="already has version 1.2.3"):
+        store.add_version("ws", "a", [AssetSource("x", data=b"2")], version="1.2.3")
+
+
+@pytest.mark.parametrize(("ws", "name"), [("", "a"), ("ws", ""), ("a/b", "x"), ("ws", "x/y")])
+def test_bad_names(store: Store, ws: str, name: str) -> None:
+    with pytest.raises(StoreError, match="name"):
+        store.add_version(ws, name, [AssetSource("x", data=b"1")])
+
+
+def test_bad_inputs(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="JSON object"):
+        store.add_version("ws", "a", [], metadata=cast(Any, [1, 2]))
+    with pytest.raises(StoreError, match="JSON-serialisable"):
+        store.add_version("ws", "a", [], metadata={"x": object()})
+    with pytest.raises(StoreError, match="logical path"):
+        store.add_version("ws", "a", [AssetSource("", data=b"1")])
+    with pytest.raises(StoreError, match="exactly one"):
+        AssetSource("x")
+    with pytest.raises(StoreError, match="exactly one"):
+        AssetSource("x", path=tmp_path, data=b"1")
+    with pytest.raises(StoreError, match="reserved"):
+        store.add_version("ws", "a", [], aliases=["Latest"])
+    with pytest.raises(StoreError, match="cannot read"):
+        store.add_version("ws", "a", [AssetSource("x", path=tmp_path / "missing")])
+    with pytest.raises(StoreError, match="not a regular file"):
+        store.add_version("ws", "a", [AssetSource("x", path=tmp_path)])
+    with pytest.raises(StoreError, match="experiment key"):
+        store.add_version("ws", "a", [], experiment_key="../../etc")
+    assert store.snapshot().artifact("ws", "a") is None
+
+
+def test_add_directory(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "b" / "c").mkdir(parents=True)
+    (src / "z.txt").write_bytes(b"z")
+    (src / "a.txt").write_bytes(b"a")
+    (src / "b" / "c" / "deep.bin").write_bytes(b"deep")
+    store.add_directory("ws", "dir", src, aliases=["x"])
+    ver = _art(store, "ws", "dir").versions[0]
+    assert [a.file_name for a in ver.assets] == ["a.txt", "b/c/deep.bin", "z.txt"]
+    assert ver.aliases == ("x",)
+
+
+def test_add_directory_errors(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        store.add_directory("ws", "d", tmp_path / "nope")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok").write_bytes(b"1")
+    os.mkfifo(src / "fifo")
+    with pytest.raises(StoreError, match="not a regular file"):
+        store.add_directory("ws", "d", src)
+    assert store.snapshot().artifact("ws", "d") is None
+
+
+def test_no_half_written_version_when_a_source_vanishes(store: Store, tmp_path: Path) -> None:
+    store.add_version("ws", "a", [AssetSource("old", data=b"old")])
+    good = tmp_path / "good"
+    good.write_bytes(b"good bytes")
+    gone = tmp_path / "gone"  # listed but missing when the copy reaches it
+    with pytest.raises(StoreError, match="gone"):
+        store.add_version("ws", "a", [AssetSource("good", path=good),
+                                      AssetSource("gone", path=gone)],
+                          aliases=["moved"], tags=["newtag"])
+    art = _art(store, "ws", "a")
+    assert [v.version for v in art.versions] == ["1.0.0"]
+    assert art.tags == ()
+    assert art.versions[0].aliases == ()
+    assert list((store.root / "tmp").iterdir()) == []
+    # A fresh Store (another process) sees the same committed state.
+    assert [v.version for v in _art(Store(store.root), "ws", "a").versions] == ["1.0.0"]
+    # And the version number is still free.
+    gone.write_bytes(b"back")
+    assert store.add_version("ws", "a", [AssetSource("gone", path=gone)]) == "2.0.0"
+
+
+def test_default_version_bumps_major_of_highest(store: Store) -> None:
+    assert store.add_version("ws", "a", []) == "1.0.0"
+    assert store.add_version("ws", "a", [], version="3.4.5") == "3.4.5"
+    assert store.add_version("ws", "a", [], version="2.0.0") == "2.0.0"
+    assert store.add_version("ws", "a", []) == "4.0.0"
+    assert [v.version for v in _art(store, "ws", "a").versions] == [
+        "1.0.0", "2.0.0", "3.4.5", "4.0.0"]
+
+
+def test_alias_moves_to_newer_version(store: Store) -> None:
+    store.add_version("ws", "a", [], aliases=["prod", "keep"])
+    store.add_version("ws", "a", [], aliases=["prod"])
+    art = _art(store, "ws", "a")
+    assert _aliases_of(art.find_version("1.0.0")) == ("keep",)
+    assert _aliases_of(art.find_version("2.0.0")) == ("prod",)
+    assert _version_of(art.find_alias("prod")) == "2.0.0"
+    assert _version_of(art.find_alias("LATEST")) == "2.0.0"
+    store.move_alias("ws", "a", "prod", "1.0.0")
+    art = _art(store, "ws", "a")
+    assert _version_of(art.find_alias("prod")) == "1.0.0"
+    assert _aliases_of(art.find_version("2.0.0")) == ()
+    with pytest.raises(StoreError, match="no version 9.0.0"):
+        store.move_alias("ws", "a", "prod", "9.0.0")
+    with pytest.raises(StoreError, match="no artifact"):
+        store.move_alias("ws", "nope", "prod", "1.0.0")
+    store.remove_alias("ws", "a", "prod")
+    assert _art(store, "ws", "a").find_alias("prod") is None
+
+
+def test_type_description_tags(store: Store) -> None:
+    store.add_version("ws", "a", [], artifact_type="model", tags=["x"], description="first")
+    store.add_version("ws", "a", [], artifact_type="dataset", tags=["y", "x"])
+    art = _art(store, "ws", "a")
+    assert (art.artifact_type, art.description, art.tags) == ("model", "first", ("x", "y"))
+    store.add_version("ws", "a", [], description="second")
+    assert _art(store, "ws", "a").description == "second"
+    store.set_version_tags("ws", "a", "1.0.0", ["new"])
+    assert _art(store, "ws", "a").versions[0].tags == ("new",)
+
+
+def test_persistence_and_cross_instance_visibility(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    reader = Store(root)
+    assert reader.snapshot().workspaces() == []
+    writer = Store(root)
+    writer.add_version("ws", "a", [AssetSource("x", data=b"1")], aliases=["p"])
+    # The reader's cached snapshot must notice the other instance's commit.
+    assert reader.snapshot().workspaces() == ["ws"]
+    writer.add_version("ws", "a", [AssetSource("x", data=b"2")])
+    writer.move_alias("ws", "a", "p", "2.0.0")
+    art = _art(reader, "ws", "a")
+    assert [v.version for v in art.versions] == ["1.0.0", "2.0.0"]
+    assert _version_of(art.find_alias("p")) == "2.0.0"
+    # Ids are stable across instances.
+    assert _art(Store(root), "ws", "a") == art
+
+
+def test_snapshot_is_cached_until_a_commit(store: Store) -> None:
+    store.add_version("ws", "a", [])
+    first = store.snapshot()
+    assert store.snapshot() is first
+    store.add_version("ws", "a", [])
+    assert store.snapshot() is not first
+
+
+def test_odd_workspace_and_artifact_names(store: Store) -> None:
+    names = [".", "..", "my data+set", "~x", "%2E", "x" * 400, "ünï"]
+    for n in names:
+        store.add_version(n, n, [AssetSource("f", data=n.encode())])
+    snap = store.snapshot()
+    assert sorted(snap.workspaces()) == sorted(names)
+    for n in names:
+        assert snap.artifact(n, n) is not None
+
+
+def test_concurrent_writers_do_not_lose_versions(tmp_path: Path) -> None:
+    import threading
+
+    root = tmp_path / "s"
+    errors: list[BaseException] = []
+
+    def add(i: int) -> None:
+        try:
+            Store(root).add_version("ws", "a", [AssetSource("x", data=str(i).encode())],
+                                    version=f"1.0.{i}")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(_art(Store(root), "ws", "a").versions) == 8
+
+
+def test_seed_demo_is_idempotent(store: Store) -> None:
+    seed_demo(store)
+    snap = store.snapshot()
+    ids = {name: art.artifact_id for name, art in snap.artifacts["demo"].items()}
+    assert set(ids) == {"mnist-mini", "titanic", "tiny-net"}
+    seed_demo(store)
+    again = store.snapshot()
+    assert {n: a.artifact_id for n, a in again.artifacts["demo"].items()} == ids
+    mnist = again.artifacts["demo"]["mnist-mini"]
+    assert [v.version for v in mnist.versions] == ["1.0.0", "2.0.0"]
+    assert len([a for a in mnist.versions[0].assets if a.file_name.endswith(".png")]) == 100
+    assert len([a for a in mnist.versions[1].assets if a.file_name.endswith(".png")]) == 150
