@@ -1,0 +1,8 @@
+"""The synchronous Comet REST client: the only code in cometfs that speaks HTTP.
+
+Its methods block, so callers run them on worker threads (store.py does, via to_thread).
+"""
+
+from cometfs.client.api import CometClient
+
+__all__ = ["CometClient"]
