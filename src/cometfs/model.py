@@ -64,3 +64,12 @@ class Asset:
     link: str | None
     asset_type: str
     metadata: Mapping[str, Any] | None = field(default=None, hash=False)
+
+
+@dataclass(frozen=True)
+class AssetKey:
+    """Names immutable bytes: an asset of one artifact version, with its expected size."""
+
+    version_id: str
+    asset_id: str
+    size: int

@@ -1,0 +1,18 @@
+"""The read path for asset bytes: block math, memory and disk caches, and AssetReader.
+
+Public surface (everything else is internal):
+
+    AssetKey      identity of immutable bytes (from cometfs.model, re-exported)
+    ByteSource    what the reader needs from the store facade (fetch_range, stream)
+    DiskCache     persistent block cache; sync, called from worker threads
+    MemoryCache   the one-budget LRU of blocks; trio thread
+    AssetReader   read(handle, offset, size); `async with reader:` runs its background work
+    ReadHandle    per-open-file state returned by AssetReader.open
+"""
+
+from cometfs.model import AssetKey
+from cometfs.reader.disk import DiskCache
+from cometfs.reader.memory import MemoryCache
+from cometfs.reader.reader import AssetReader, ByteSource, ReadHandle
+
+__all__ = ["AssetKey", "AssetReader", "ByteSource", "DiskCache", "MemoryCache", "ReadHandle"]
