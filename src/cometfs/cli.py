@@ -1,0 +1,192 @@
+"""Command line: `cometfs mount | unmount | serve | store add`. Argument parsing and exit codes.
+
+Runs on the main thread. Errors the user can fix print one line to stderr and exit 1
+(2 for bad usage); the API key is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cometfs import __version__
+from cometfs.config import resolve
+from cometfs.errors import CometFSError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'512M', '10G', '1.5GiB', '1048576' → bytes (binary units)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512M or 10G)")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** " KMGT".index(unit.upper() or " "))
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _default_store() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cometfs" / "store"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cometfs", description="Mount Comet ML artifacts as a read-only filesystem."
+    )
+    parser.add_argument("--version", action="version", version=f"cometfs {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    m = commands.add_parser("mount", help="mount artifacts at MOUNTPOINT")
+    m.add_argument("mountpoint", type=Path)
+    m.add_argument("--server-url", help="Comet server (default: COMET_URL_OVERRIDE or comet.com)")
+    m.add_argument("--workspace", action="append", default=[], help="show only this workspace")
+    m.add_argument("--cache-dir", type=Path, help="disk cache (default: XDG cache dir)")
+    m.add_argument("--cache-size", type=parse_size, default=parse_size("10G"))
+    m.add_argument("--metadata-ttl", type=_positive_float, default=30.0, metavar="SECONDS")
+    m.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C unmounts")
+    m.add_argument("--log-level", default="WARNING",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning",
+                            "error"])
+    m.add_argument("--log-file", type=Path)
+    m.add_argument("-o", dest="fuse_options", action="append", default=[],
+                   metavar="FUSE_OPTION[,...]", help="extra FUSE mount options, e.g. allow_other")
+
+    u = commands.add_parser("unmount", help="unmount (also a mount whose process died)")
+    u.add_argument("mountpoint", type=Path)
+
+    s = commands.add_parser("serve", help="run the local Comet-compatible server")
+    s.add_argument("--store", type=Path, default=None, help="store directory")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=18777)
+    s.add_argument("--api-key", action="append", default=[], metavar="KEY[:WS,WS...]",
+                   help="an accepted key, optionally limited to workspaces "
+                        "(default: COMET_API_KEY, all workspaces)")
+    s.add_argument("--demo", action="store_true", help="seed demo artifacts")
+    s.add_argument("--no-range", action="store_true", help="ignore Range on asset downloads")
+    s.add_argument("--redirect", action="store_true",
+                   help="answer allow301=true with a redirect to a blob URL")
+    s.add_argument("--faults", metavar="SPEC", help="inject faults, e.g. 'get-asset=500*2'")
+    s.add_argument("--log-level", default="INFO")
+
+    store = commands.add_parser("store", help="manage the local server's store")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    a = store_commands.add_parser("add", help="add a version from a directory")
+    a.add_argument("artifact", metavar="WORKSPACE/NAME")
+    a.add_argument("source", type=Path, metavar="SOURCE_DIR")
+    a.add_argument("--store", type=Path, default=None)
+    a.add_argument("--version")
+    a.add_argument("--type", default="dataset")
+    a.add_argument("--alias", action="append", default=[])
+    a.add_argument("--tag", action="append", default=[])
+    a.add_argument("--version-tag", action="append", default=[])
+    a.add_argument("--metadata", help="a JSON object")
+    a.add_argument("--remote", action="append", default=[], metavar="LOGICAL_PATH=URI")
+    return parser
+
+
+def _mount(args: argparse.Namespace) -> None:
+    from cometfs.mount import MountOptions, default_cache_dir, mount
+
+    config = resolve(server_url=args.server_url, workspaces=args.workspace)
+    config.require_key()
+    mount(
+        MountOptions(
+            mountpoint=args.mountpoint.resolve(),
+            config=config,
+            cache_dir=(args.cache_dir or default_cache_dir(config.server_url)).resolve(),
+            cache_size=args.cache_size,
+            metadata_ttl=args.metadata_ttl,
+            foreground=args.foreground,
+            log_level=args.log_level.upper(),
+            log_file=args.log_file.resolve() if args.log_file else None,
+            fuse_options=tuple(args.fuse_options),
+        )
+    )
+
+
+def _unmount(args: argparse.Namespace) -> None:
+    from cometfs.mount import unmount
+
+    unmount(args.mountpoint.resolve())
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import logging
+
+    from cometfs.server import parse_api_key, parse_faults, serve_forever
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    specs = args.api_key or ([os.environ["COMET_API_KEY"]] if os.environ.get("COMET_API_KEY")
+                             else [])
+    if not specs:
+        raise CometFSError("serve needs an API key: --api-key KEY[:WS,...] or COMET_API_KEY")
+    serve_forever(
+        args.store or _default_store(),
+        host=args.host,
+        port=args.port,
+        api_keys=[parse_api_key(spec) for spec in specs],
+        demo=args.demo,
+        ranges=not args.no_range,
+        redirect=args.redirect,
+        faults=parse_faults(args.faults) if args.faults else None,
+    )
+
+
+def _store_add(args: argparse.Namespace) -> None:
+    from cometfs.server import Store
+
+    workspace, slash, name = args.artifact.partition("/")
+    if not slash or not workspace or not name:
+        raise CometFSError(f"expected WORKSPACE/NAME, got {args.artifact!r}")
+    metadata = None
+    if args.metadata is not None:
+        try:
+            metadata = json.loads(args.metadata)
+        except json.JSONDecodeError as exc:
+            raise CometFSError(f"--metadata is not valid JSON: {exc}") from None
+    remotes: dict[str, str] = {}
+    for item in args.remote:
+        logical, equals, uri = item.partition("=")
+        if not equals or not logical or not uri:
+            raise CometFSError(f"--remote expects LOGICAL_PATH=URI, got {item!r}")
+        remotes[logical] = uri
+    version = Store(args.store or _default_store()).add_directory(
+        workspace, name, args.source,
+        version=args.version, artifact_type=args.type, aliases=args.alias, tags=args.tag,
+        version_tags=args.version_tag, metadata=metadata, remotes=remotes,
+    )
+    print(f"added {workspace}/{name}:{version}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"mount": _mount, "unmount": _unmount, "serve": _serve, "store": _store_add}
+    try:
+        handlers[args.command](args)
+    except (CometFSError, ValueError, OSError) as exc:
+        print(f"cometfs {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

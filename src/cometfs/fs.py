@@ -1,0 +1,251 @@
+"""pyfuse3 adapter: the only importer of pyfuse3 and the one place errors become errno.
+
+Runs on the trio thread inside pyfuse3.main(). Each handler is a few lines over the Tree
+and the AssetReader. A handler never lets anything but FUSEError escape, because any other
+exception would end pyfuse3.main and take the mount down: expected errors map to errno,
+unexpected ones are logged once and become EIO.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from cometfs.errors import CometFSError, NotFound, StaleError, Unauthorized
+from cometfs.reader import AssetReader
+from cometfs.tree import AssetFile, Attributes, Directory, Node, Symlink, Tree, VirtualFile
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT
+
+
+def errno_for(exc: BaseException) -> int:
+    """The one mapping from cometfs errors to errno."""
+    if isinstance(exc, NotFound):
+        return errno.ENOENT
+    if isinstance(exc, Unauthorized):
+        return errno.EACCES
+    if isinstance(exc, StaleError):
+        return errno.ESTALE
+    return errno.EIO
+
+
+def _fuse_errors(
+    handler: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except CometFSError as exc:
+            code = errno_for(exc)
+            if code != errno.ENOENT:
+                log.warning("%s failed: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(code) from None
+        except Exception:
+            log.exception("unexpected error in %s", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+async def _read_only(*_: Any, **__: Any) -> Any:
+    raise pyfuse3.FUSEError(errno.EROFS)
+
+
+class CometFS(pyfuse3.Operations):
+    """Read-only FUSE operations over a Tree (names, attributes) and an AssetReader (bytes)."""
+
+    enable_writeback_cache = False
+
+    def __init__(
+        self,
+        tree: Tree,
+        reader: AssetReader,
+        *,
+        uid: int,
+        gid: int,
+        statfs_info: Callable[[], Mapping[str, int]] = dict,
+    ) -> None:
+        super().__init__()
+        self._tree = tree
+        self._reader = reader
+        self._uid = uid
+        self._gid = gid
+        self._statfs_info = statfs_info
+        self._handles: dict[int, Any] = {}
+        self._next_fh = itertools.count(1)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _entry(self, attrs: Attributes) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = attrs.inode
+        entry.generation = 0
+        entry.entry_timeout = attrs.timeout
+        entry.attr_timeout = attrs.timeout
+        entry.st_mode = attrs.mode
+        entry.st_nlink = attrs.nlink
+        entry.st_uid = self._uid
+        entry.st_gid = self._gid
+        entry.st_rdev = 0
+        entry.st_size = attrs.size
+        entry.st_blksize = 128 * 1024
+        entry.st_blocks = attrs.blocks
+        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = attrs.mtime_ns
+        return entry
+
+    async def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        return self._entry(await self._tree.attributes(node))
+
+    def _new_handle(self, value: Any) -> int:
+        fh = next(self._next_fh)
+        self._handles[fh] = value
+        return fh
+
+    def _handle(self, fh: int) -> Any:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.EBADF) from None
+
+    # -- names and attributes ---------------------------------------------------------------
+
+    @_fuse_errors
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._tree.node(parent_inode)
+        if name == b".":
+            return await self._attributes(parent)
+        node = await self._tree.lookup(parent, os.fsdecode(name))
+        return await self._attributes(node)
+
+    @_fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._attributes(self._tree.node(inode))
+
+    @_fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._tree.node(inode)
+        if not isinstance(node, Symlink):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(node.target)
+
+    @_fuse_errors
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        self._tree.node(inode)
+        if mode & os.W_OK:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return True
+
+    async def forget(self, inode_list: Any) -> None:
+        # Inodes are never reused and nodes are cheap: nothing to release.
+        return None
+
+    # -- directories -------------------------------------------------------------------------
+
+    @_fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self._tree.node(inode)
+        if not isinstance(node, Directory):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        # A snapshot per handle keeps readdir offsets stable while the listing refreshes.
+        return self._new_handle(list((await self._tree.children(node)).items()))
+
+    @_fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries: list[tuple[str, Node]] = self._handle(fh)
+        for index in range(start_id, len(entries)):
+            name, node = entries[index]
+            attrs = await self._attributes(node)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, index + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    # -- files -------------------------------------------------------------------------------
+
+    @_fuse_errors
+    async def open(
+        self, inode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        if flags & _WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node = self._tree.node(inode)
+        if isinstance(node, AssetFile):
+            fh = self._new_handle(self._reader.open(node.key))
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        if isinstance(node, VirtualFile):
+            # Reads see the content as it was at open, so a refresh never tears a file.
+            fh = self._new_handle(await self._tree.content(node))
+            return pyfuse3.FileInfo(fh=fh, keep_cache=node.immutable, direct_io=node.live)
+        raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
+
+    @_fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handle(fh)
+        if isinstance(handle, bytes):
+            return handle[off : off + size]
+        return await self._reader.read(handle, off, size)
+
+    async def release(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        return None
+
+    # -- the filesystem --------------------------------------------------------------------------
+
+    @_fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        info = self._statfs_info()
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        data.f_blocks = info.get("bytes", 0) // 4096
+        data.f_bfree = data.f_bavail = 0
+        data.f_files = self._tree.inode_count
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    @_fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        self._tree.node(inode)
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @_fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        self._tree.node(inode)
+        return []
+
+    # Every write-type operation: the filesystem is read-only.
+    setattr = _read_only
+    mknod = _read_only
+    mkdir = _read_only
+    unlink = _read_only
+    rmdir = _read_only
+    symlink = _read_only
+    rename = _read_only
+    link = _read_only
+    write = _read_only
+    create = _read_only
+    setxattr = _read_only
+    removexattr = _read_only

@@ -1,0 +1,274 @@
+"""Mount lifecycle: check access, build the object graph, run pyfuse3, unmount cleanly.
+
+Runs on the main thread. `mount()` checks the key and server first, so a wrong key or URL
+costs one readable line and no mount. In the background mode the process forks: the child
+mounts and reports "ready" (or the error) through a pipe, and the parent returns only once
+the mount answers. SIGINT and SIGTERM end pyfuse3.main and unmount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from cometfs import __version__
+from cometfs.client import CometClient
+from cometfs.config import Config
+from cometfs.errors import CometFSError, NotFound, TransientError, Unauthorized
+from cometfs.fs import CometFS
+from cometfs.reader import AssetReader, DiskCache
+from cometfs.store import Store
+from cometfs.tree import Tree
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    mountpoint: Path
+    config: Config
+    cache_dir: Path
+    cache_size: int
+    metadata_ttl: float = 30.0
+    foreground: bool = False
+    log_level: str = "WARNING"
+    log_file: Path | None = None
+    fuse_options: tuple[str, ...] = field(default_factory=tuple)
+
+
+class MountError(CometFSError):
+    """The mount could not start; the message is one line for the user."""
+
+
+def default_cache_dir(server_url: str, environ: dict[str, str] | None = None) -> Path:
+    """Per-server cache under the XDG cache directory, so ids of two servers never mix."""
+    env = os.environ if environ is None else environ
+    base = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cometfs"
+    return base / hashlib.sha256(server_url.encode()).hexdigest()[:16]
+
+
+def check_access(client: CometClient, config: Config) -> None:
+    """Fail early, with a readable message, on an unreachable server or a refused key."""
+    try:
+        client.server_version()
+        if config.workspaces:
+            for ws in config.workspaces:
+                client.artifacts(ws)
+        else:
+            client.workspaces()
+    except Unauthorized:
+        raise MountError(f"the API key was refused by {config.server_url}") from None
+    except NotFound as exc:
+        raise MountError(f"not found on {config.server_url}: {exc}") from None
+    except TransientError as exc:
+        raise MountError(f"cannot reach {config.server_url}: {exc}") from None
+    except CometFSError as exc:
+        raise MountError(f"{config.server_url} did not answer like a Comet server: {exc}") from None
+
+
+def _make_client(config: Config) -> CometClient:
+    return CometClient(config.server_url, config.require_key())
+
+
+def _check_mountpoint(mountpoint: Path) -> None:
+    if not mountpoint.is_dir():
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint} is already a mount point")
+
+
+def _fuse_options(extra: tuple[str, ...]) -> set[str]:
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=cometfs", "subtype=cometfs", "ro"}
+    for item in extra:
+        options |= {part.strip() for part in item.split(",") if part.strip()}
+    return options
+
+
+def _status(
+    config: Config, client: CometClient, reader: AssetReader, mounted_at: float, ttl: float
+) -> Callable[[], dict[str, Any]]:
+    def status() -> dict[str, Any]:
+        return {
+            "cometfs_version": __version__,
+            "server": config.server_url,
+            "workspaces": list(config.workspaces),
+            "byte_mode": client.byte_mode,
+            "requests": client.counters(),
+            "cache": reader.stats(),
+            "metadata_ttl": ttl,
+            "mounted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mounted_at)),
+        }
+
+    return status
+
+
+async def _run(options: MountOptions, client: CometClient, ready: Callable[[], None]) -> None:
+    mounted_at = time.time()
+    store = Store(client, metadata_ttl=options.metadata_ttl)
+    disk = DiskCache(options.cache_dir, options.cache_size)
+    reader = AssetReader(store, disk)
+    tree = Tree(
+        store,
+        metadata_ttl=options.metadata_ttl,
+        workspaces=options.config.workspaces,
+        status=_status(options.config, client, reader, mounted_at, options.metadata_ttl),
+        mount_time_ns=int(mounted_at * 1e9),
+    )
+    fs = CometFS(
+        tree, reader, uid=os.getuid(), gid=os.getgid(),
+        statfs_info=lambda: {"bytes": disk.usage()},
+    )
+    pyfuse3.init(fs, str(options.mountpoint), _fuse_options(options.fuse_options))
+    terminated = False
+    try:
+        async with reader, trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                nonlocal terminated
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        log.info("signal %d: unmounting", signum)
+                        terminated = True
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(on_signal)
+            ready()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    finally:
+        # After an external `fusermount3 -u` the kernel side is gone already.
+        pyfuse3.close(unmount=terminated or os.path.ismount(options.mountpoint))
+        client.close()
+
+
+def _setup_logging(level: str, log_file: Path | None, to_stderr: bool) -> None:
+    handlers: list[logging.Handler] = []
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        handlers.append(logging.StreamHandler(os.fdopen(fd, "a", buffering=1)))
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers or [logging.NullHandler()],
+        force=True,
+    )
+
+
+def mount(options: MountOptions) -> None:
+    """Mount and, unless in the foreground, return once the mount answers."""
+    _check_mountpoint(options.mountpoint)
+    client = _make_client(options.config)
+    try:
+        check_access(client, options.config)
+    finally:
+        client.close()
+
+    if options.foreground:
+        _setup_logging(options.log_level, options.log_file, to_stderr=True)
+        trio.run(_run, options, _make_client(options.config), lambda: None)
+        return
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the mount process
+        os.close(read_end)
+        _daemon_child(options, write_end)
+    os.close(write_end)
+    _wait_ready(read_end, pid, options.mountpoint)
+
+
+def _daemon_child(options: MountOptions, report_fd: int) -> None:
+    code = 0
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.chdir("/")
+        _setup_logging(options.log_level, options.log_file, to_stderr=False)
+
+        def ready() -> None:
+            os.write(report_fd, b"ok\n")
+            os.close(report_fd)
+
+        trio.run(_run, options, _make_client(options.config), ready)
+    except BaseException as exc:  # reported to the waiting parent; nothing else can see it
+        log.exception("mount process failed")
+        with contextlib.suppress(OSError):
+            os.write(report_fd, f"error: {exc}\n".encode(errors="replace"))
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _wait_ready(read_end: int, pid: int, mountpoint: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    message = b""
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([read_end], [], [], deadline - time.monotonic())
+        if not readable:
+            break
+        chunk = os.read(read_end, 4096)
+        if not chunk:
+            break
+        message += chunk
+        if message.endswith(b"\n"):
+            break
+    os.close(read_end)
+    text = message.decode(errors="replace").strip()
+    if text == "ok":
+        os.stat(mountpoint)  # returns once the mount answers requests
+        return
+    if not text:
+        os.kill(pid, signal.SIGTERM)
+        text = "the mount process did not report back in time"
+    raise MountError(text.removeprefix("error: "))
+
+
+def unmount(mountpoint: Path) -> None:
+    """Unmount, also when the process serving the mount has died (lazy unmount)."""
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    attempts: list[list[str]] = []
+    if tool:
+        attempts += [[tool, "-u", str(mountpoint)], [tool, "-u", "-z", str(mountpoint)]]
+    if os.geteuid() == 0:
+        attempts.append(["umount", "-l", str(mountpoint)])
+    last_error = "no fusermount3 found"
+    for command in attempts:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode == 0:
+            return
+        last_error = result.stderr.strip() or f"{command[0]} exited {result.returncode}"
+    if not _is_fuse_mount(mountpoint):
+        raise MountError(f"{mountpoint} is not mounted")
+    raise MountError(f"cannot unmount {mountpoint}: {last_error}")
+
+
+def _is_fuse_mount(mountpoint: Path) -> bool:
+    try:
+        return os.path.ismount(mountpoint)
+    except OSError as exc:  # a dead FUSE process leaves ENOTCONN behind
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)

@@ -1,0 +1,129 @@
+"""Fixtures that mount cometfs for real (a `cometfs mount` process) against a local server.
+
+Every mount is unmounted at teardown, also when the test fails, with a lazy
+`fusermount3 -u -z` as the last resort. The mount's log must hold no WARNING or ERROR
+record unless the test says it expects them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "cometfs.cli"]
+
+
+def fuse_usable() -> str | None:
+    """None when FUSE mounts can work here, else why not."""
+    if not Path("/dev/fuse").exists():
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is not accessible"
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _require_fuse() -> None:
+    reason = fuse_usable()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"FUSE integration tests cannot run in CI: {reason}")
+    pytest.skip(f"FUSE unavailable: {reason}")
+
+
+@dataclass
+class Mount:
+    path: Path
+    log_file: Path
+    cache_dir: Path
+    args: list[str]
+    env: dict[str, str]
+    expect_warnings: bool = False
+    mounted: bool = field(default=False)
+
+    def start(self) -> None:
+        result = subprocess.run(
+            [*CLI, "mount", str(self.path), *self.args], env=self.env,
+            capture_output=True, text=True, timeout=90, check=False,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"mount failed ({result.returncode}): {result.stderr.strip()}")
+        self.mounted = True
+
+    def stop(self) -> None:
+        if not self.mounted:
+            return
+        result = subprocess.run(
+            [*CLI, "unmount", str(self.path)], env=self.env,
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        if result.returncode != 0:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False,
+                           capture_output=True, timeout=30)
+        self.mounted = False
+        _wait_unmounted(self.path)
+
+    def log_problems(self) -> list[str]:
+        if not self.log_file.exists():
+            return []
+        return [
+            line for line in self.log_file.read_text(errors="replace").splitlines()
+            if " WARNING " in line or " ERROR " in line or " CRITICAL " in line
+        ]
+
+
+def _wait_unmounted(path: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not os.path.ismount(path):
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path} still mounted after {timeout}s")
+
+
+@pytest.fixture
+def mount_factory(
+    tmp_path: Path, api_key: str
+) -> Iterator[Callable[..., Mount]]:
+    """mount_factory(server, *extra_args, expect_warnings=False) -> a started Mount."""
+    mounts: list[Mount] = []
+
+    def make(server: object, *extra: str, expect_warnings: bool = False,
+             cache_dir: Path | None = None, key: str | None = None) -> Mount:
+        index = len(mounts)
+        path = tmp_path / f"mnt{index}"
+        path.mkdir()
+        log_file = tmp_path / f"mount{index}.log"
+        cache = cache_dir or tmp_path / f"cache{index}"
+        env = {**os.environ, "COMET_API_KEY": key or api_key, "HOME": str(tmp_path)}
+        env.pop("COMET_URL_OVERRIDE", None)
+        args = ["--server-url", server.url, "--cache-dir", str(cache),
+                "--log-file", str(log_file), "--log-level", "INFO", *extra]
+        mount = Mount(path, log_file, cache, args, env, expect_warnings)
+        mounts.append(mount)
+        mount.start()
+        return mount
+
+    try:
+        yield make
+    finally:
+        problems: list[str] = []
+        for mount in mounts:
+            mount.stop()
+            if not mount.expect_warnings:
+                problems += mount.log_problems()
+        assert not problems, "unexpected WARNING/ERROR in the mount log:\n" + "\n".join(problems)
