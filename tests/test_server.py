@@ -555,9 +555,14 @@ def test_request_log(world: World, make_server: Callable[..., CometServer], api_
     assert asset["params"]["assetId"] == world.asset_id
     assert asset["path"] == REST + "experiment/asset/get-asset"
     assert log.count(status=401) == 1 and log.count("artifacts/version", 200) == 1
-    # The file holds the same entries, one JSON object per line.
+    # The file holds the same entries, one JSON object per line. A line is written when its
+    # handler finishes, which may be after the client has its answer, and in any order.
+    deadline = time.monotonic() + 10
+    while len(log_path.read_text().splitlines()) < len(log) and time.monotonic() < deadline:
+        time.sleep(0.01)
     lines = log_path.read_text().splitlines()
-    assert [json.loads(line)["endpoint"] for line in lines] == [e["endpoint"] for e in log]
+    assert sorted(json.loads(line)["endpoint"] for line in lines) == sorted(
+        e["endpoint"] for e in log)
     for text in (json.dumps(list(log)), log_path.read_text()):
         assert api_key not in text and "wrong" not in text
         assert "Authorization" not in text

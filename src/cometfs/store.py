@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 from cachetools import LRUCache, TTLCache
 
+from cometfs.errors import TransientError
 from cometfs.model import Artifact, ArtifactVersion, Asset, AssetKey
 
 log = logging.getLogger(__name__)
@@ -44,23 +45,38 @@ class RestClient(Protocol):
 
 
 class _SingleFlight:
-    """Lets concurrent callers of the same key wait on one computation."""
+    """Lets concurrent callers of the same key share one computation and its outcome."""
 
     def __init__(self) -> None:
-        self._running: dict[Hashable, trio.Event] = {}
+        self._running: dict[Hashable, _Flight] = {}
 
-    async def run(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T | None:
-        """Run compute() unless another task already is; then wait and return None."""
-        event = self._running.get(key)
-        if event is not None:
-            await event.wait()
-            return None
-        event = self._running[key] = trio.Event()
+    async def run(self, key: Hashable, compute: Callable[[], Awaitable[Any]]) -> Any:
+        flight = self._running.get(key)
+        if flight is not None:
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.result
+        flight = self._running[key] = _Flight()
         try:
-            return await compute()
+            flight.result = await compute()
+            return flight.result
+        except Exception as exc:
+            flight.error = exc
+            raise
+        except BaseException:  # cancelled: waiters must not take a missing result for one
+            flight.error = TransientError("a shared request was interrupted")
+            raise
         finally:
             del self._running[key]
-            event.set()
+            flight.done.set()
+
+
+class _Flight:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: Exception | None = None
 
 
 class Store:
@@ -76,6 +92,9 @@ class Store:
     ) -> None:
         self._client = client
         self._limiter = trio.CapacityLimiter(max_threads)
+        # A stream holds its thread for a whole download; its own limiter keeps long
+        # downloads from starving listings and range reads.
+        self._stream_limiter = trio.CapacityLimiter(max(1, max_threads // 2))
         self._mutable: TTLCache[Hashable, Any] = TTLCache(
             maxsize=4096, ttl=metadata_ttl, timer=clock
         )
@@ -91,26 +110,17 @@ class Store:
         self, cache: LRUCache[Hashable, Any] | TTLCache[Hashable, Any], key: Hashable,
         func: Callable[..., T], *args: Any, **kwargs: Any,
     ) -> T:
-        # Bounded: each pass either returns or waits for a flight that filled the cache or
-        # failed; a failure is not cached, so the next pass makes its own request.
-        for _ in range(3):
-            if key in cache:
-                value: T = cache[key]
-                return value
+        if key in cache:
+            hit: T = cache[key]
+            return hit
 
-            async def compute() -> T:
-                result = await self._call(func, *args, **kwargs)
-                cache[key] = result
-                return result
+        async def compute() -> T:
+            result = await self._call(func, *args, **kwargs)
+            cache[key] = result
+            return result
 
-            computed = await self._flights.run(key, compute)
-            if computed is not None:
-                return computed
-        return await self._call(func, *args, **kwargs)
-
-    def invalidate(self) -> None:
-        """Forget every list that can change (used after a failed lookup)."""
-        self._mutable.clear()
+        shared: T = await self._flights.run(key, compute)
+        return shared
 
     # -- metadata that can change: TTL caches --------------------------------------------
 
@@ -171,4 +181,4 @@ class Store:
                 for chunk in chunks:
                     trio.from_thread.run_sync(sink, chunk, trio_token=token)
 
-        await trio.to_thread.run_sync(pump, limiter=self._limiter)
+        await trio.to_thread.run_sync(pump, limiter=self._stream_limiter)

@@ -298,11 +298,7 @@ class Tree:
         status = self._virtual(
             ("status",), self._now_ns, render_status, immutable=False, live=True
         )
-
-        async def load() -> list[tuple[str, Node]]:
-            return [("status.json", status)]
-
-        return self._directory(("root-meta",), self._now_ns, load, ttl=self._ttl)
+        return self._fixed_dir(("root-meta",), self._now_ns, [("status.json", status)])
 
     async def _resolve_workspace(self, name: str) -> Node | None:
         ws = unescape_name(name)
@@ -356,11 +352,7 @@ class Tree:
             )
 
         listing = self._virtual(("artifacts.json", ws), self._now_ns, render, immutable=False)
-
-        async def load() -> list[tuple[str, Node]]:
-            return [("artifacts.json", listing)]
-
-        return self._directory(("workspace-meta", ws), self._now_ns, load, ttl=self._ttl)
+        return self._fixed_dir(("workspace-meta", ws), self._now_ns, [("artifacts.json", listing)])
 
     # -- artifact: versions and aliases -----------------------------------------------------
 
@@ -418,11 +410,9 @@ class Tree:
             return render_json(self._artifact_summary(await self._store.artifact(ws, name)))
 
         details = self._virtual(("artifact.json", ws, name), self._now_ns, render, immutable=False)
-
-        async def load() -> list[tuple[str, Node]]:
-            return [("artifact.json", details)]
-
-        return self._directory(("artifact-meta", ws, name), self._now_ns, load, ttl=self._ttl)
+        return self._fixed_dir(
+            ("artifact-meta", ws, name), self._now_ns, [("artifact.json", details)]
+        )
 
     @staticmethod
     def _artifact_summary(artifact: Artifact) -> dict[str, Any]:
@@ -492,7 +482,7 @@ class Tree:
                 prefix = parts[:depth]
                 if prefix not in dirs:
                     dirs[prefix] = {}
-                    dirs[prefix[:-1]][prefix[-1]] = self._static_dir(
+                    dirs[prefix[:-1]][prefix[-1]] = self._fixed_dir(
                         (*base, "dir", prefix), mtime, dirs[prefix]
                     )
             asset = assets[mapping.index]
@@ -512,9 +502,17 @@ class Tree:
         key = AssetKey(version_id, asset.asset_id, asset.size)
         return self._intern(identity, lambda ino: AssetFile(ino, mtime_ns, True, asset, key))
 
-    def _static_dir(self, identity: Hashable, mtime_ns: int, entries: dict[str, Node]) -> Directory:
+    def _fixed_dir(
+        self,
+        identity: Hashable,
+        mtime_ns: int,
+        entries: dict[str, Node] | list[tuple[str, Node]],
+    ) -> Directory:
+        """A directory whose entries never change (a file inside may still re-render)."""
+
         async def load() -> list[tuple[str, Node]]:
-            return sorted(entries.items(), key=lambda entry: entry[0])
+            items = entries.items() if isinstance(entries, dict) else entries
+            return sorted(items, key=lambda entry: entry[0])
 
         return self._directory(identity, mtime_ns, load)
 
@@ -582,15 +580,10 @@ class Tree:
             ("source", source, True),
             ("source_experiment.json", source_experiment_json, True),
         ]
-        entries: list[tuple[str, Node]] = [
+        return self._fixed_dir(base, mtime, [
             (file_name, self._virtual((*base, file_name), mtime, render, immutable=fixed))
             for file_name, render, fixed in files
-        ]
-
-        async def load() -> list[tuple[str, Node]]:
-            return entries
-
-        return self._directory(base, mtime, load)
+        ])
 
 
 __all__ = [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cometfs.server import AssetSource, Store
+from cometfs.server import ApiKey, AssetSource, CometServer, Store
 
 KEY = "test-key-0123456789abcdef"
 WS = "team-ws"
@@ -86,3 +86,12 @@ def build(store: Store, tmp: Path) -> Dataset:
     big_file.unlink()
     v1["big.bin"] = v2["big.bin"] = big
     return Dataset(v1, v2, hashlib.sha256(big).hexdigest())
+
+
+def start_world(root: Path, **server_options: object) -> tuple[CometServer, Dataset]:
+    """A store built by `build` under `root` and a started server over it (caller closes)."""
+    store = Store(root / "store")
+    dataset = build(store, root)
+    server = CometServer(store, api_keys=[ApiKey(KEY, None)], **server_options)  # type: ignore[arg-type]
+    server.start()
+    return server, dataset

@@ -222,3 +222,29 @@ def test_cli_store_add_then_mount(tmp_path, make_server, mount_factory, api_key)
     artifact = mount.path / WS / "cli-art"
     assert (artifact / "prod" / "sub" / "x.txt").read_text() == "x"
     assert json.loads((artifact / "1.2.3" / ".comet" / "metadata.json").read_text()) == {"k": 1}
+
+
+def test_fuse_options_pass_through(store, make_server, mount_factory):
+    add(store, "data", {"a.txt": b"a"}, version="1.0.0")
+    server = make_server(store=store)
+    mount = mount_factory(server, "-o", "allow_other")
+    options = next(line.split()[3] for line in Path("/proc/mounts").read_text().splitlines()
+                   if line.split()[1] == str(mount.path))
+    assert "allow_other" in options.split(",") and "ro" in options.split(",")
+
+
+def test_changed_bytes_of_a_version_are_estale_not_served(store, make_server, mount_factory):
+    add(store, "data", {"a.bin": b"original-bytes"}, version="1.0.0")
+    server = make_server(store=store)
+    mount = mount_factory(server, expect_warnings=True)
+    path = mount.path / WS / "data" / "1.0.0" / "a.bin"
+    assert path.stat().st_size == len(b"original-bytes")
+    # Tamper with the server's copy behind the listing's back (a different length).
+    import hashlib
+
+    blob = store.root / "blobs" / hashlib.sha256(b"original-bytes").hexdigest()
+    blob.chmod(0o644)
+    blob.write_bytes(b"tampered and longer bytes")
+    with pytest.raises(OSError) as caught:
+        path.read_bytes()
+    assert caught.value.errno == errno.ESTALE

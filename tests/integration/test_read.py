@@ -18,21 +18,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cometfs.server import ApiKey, CometServer, Store
+from cometfs.server import CometServer
 
 from .conftest import Mount
-from .data import ART, KEY, REMOTE, WS, Dataset, build
+from .data import ART, KEY, REMOTE, WS, Dataset, start_world
 
 pytestmark = pytest.mark.fuse
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CometServer, Dataset]]:
-    root = tmp_path_factory.mktemp("store")
-    store = Store(root / "store")
-    dataset = build(store, root)
-    server = CometServer(store, api_keys=[ApiKey(KEY, None)])
-    server.start()
+    server, dataset = start_world(tmp_path_factory.mktemp("store"))
     try:
         yield server, dataset
     finally:
@@ -290,3 +286,28 @@ def test_writes_fail_with_erofs(world, mounted, tmp_path) -> None:
         assert caught.value.errno == errno.EROFS, (attempt, caught.value)
     assert all(r["method"] == "GET" for r in server.request_log)
     assert (root / "readme.txt").read_bytes().startswith(b"hello from version one")
+
+
+def test_listing_and_stat_make_no_per_file_requests(world, mounted) -> None:
+    server, data = world
+    server.request_log.clear()
+    root = version_dir(mounted, "2.0.0")
+    subprocess.run(["ls", "-lR", str(root)], capture_output=True, check=True)
+    subprocess.run(["find", str(root), "-type", "f"], capture_output=True, check=True)
+    for logical in data.v2:
+        os.stat(root / logical)
+    endpoints = sorted(r["endpoint"] for r in server.request_log)
+    assert "get-asset" not in endpoints and "blob" not in endpoints
+    assert endpoints.count("artifacts/version/files") == 1
+    assert len(endpoints) <= 6, endpoints  # a handful of listings, not one per file
+
+
+def test_mtimes_are_the_version_creation_time(mounted) -> None:
+    from datetime import datetime
+
+    details = json.loads((mounted.path / WS / ART / ".comet" / "artifact.json").read_text())
+    for listed in details["versions"]:
+        created = datetime.fromisoformat(listed["created_at"].replace("Z", "+00:00"))
+        root = mounted.path / WS / ART / listed["version"]
+        for path in (root, root / "readme.txt", root / "data" / "nested", root / ".comet"):
+            assert abs(path.stat().st_mtime - created.timestamp()) < 0.001, path

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cometfs.server import ApiKey, CometServer, Store
+from cometfs.server import CometServer
 
-from .data import ART, KEY, REMOTE, WS, Dataset, build
+from .data import ART, KEY, REMOTE, WS, Dataset, start_world
 
 pytestmark = [pytest.mark.fuse, pytest.mark.sdk]
 
@@ -21,14 +21,10 @@ pytestmark = [pytest.mark.fuse, pytest.mark.sdk]
 def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[CometServer, Dataset]]:
-    root = tmp_path_factory.mktemp("store")
-    store = Store(root / "store")
-    dataset = build(store, root)
-    server = CometServer(
-        store, api_keys=[ApiKey(KEY, None)],
+    server, dataset = start_world(
+        tmp_path_factory.mktemp("store"),
         ranges=request.param != "no-range", redirect=request.param == "redirect",
     )
-    server.start()
     try:
         yield server, dataset
     finally:
