@@ -16,7 +16,7 @@ import logging
 import stat
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import semantic_version
@@ -445,14 +445,12 @@ class Tree:
         artifact = await self._store.artifact(ws, name)
         for listed in artifact.versions:
             if listed.version == version:
-                return ArtifactVersion(
-                    **{
-                        **fixed.__dict__,
-                        "aliases": listed.aliases,
-                        "version_tags": listed.version_tags,
-                        "artifact_tags": artifact.tags,
-                        "metadata": listed.metadata,
-                    }
+                return replace(
+                    fixed,
+                    aliases=listed.aliases,
+                    version_tags=listed.version_tags,
+                    artifact_tags=artifact.tags,
+                    metadata=listed.metadata,
                 )
         return fixed
 
