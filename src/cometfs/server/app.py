@@ -199,6 +199,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "cometfs-local"
     timeout = _IDLE_TIMEOUT
+    # Headers and body go out in separate writes; with Nagle on, every small answer would
+    # wait ~40 ms for the client's delayed ACK.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     # ---- plumbing --------------------------------------------------------------------------
