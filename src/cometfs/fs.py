@@ -13,7 +13,7 @@ import functools
 import itertools
 import logging
 import os
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -226,15 +226,8 @@ class CometFS(pyfuse3.Operations):
         data.f_namemax = 255
         return data
 
-    @_fuse_errors
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        self._tree.node(inode)
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-
-    @_fuse_errors
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        self._tree.node(inode)
-        return []
+    # getxattr and listxattr are left to pyfuse3's ENOSYS: the kernel remembers that answer
+    # and stops asking, whereas ENOATTR cost two round trips per file on every `ls -l`.
 
     # Every write-type operation: the filesystem is read-only.
     setattr = _read_only

@@ -39,6 +39,9 @@ from cometfs.tree import Tree
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
+# The kernel's default readahead cuts sequential reads into 128 KiB FUSE requests; 1 MiB
+# requests cost an eighth of the round trips (measured: re-reads ~3x faster).
+READ_AHEAD_KB = 1024
 
 
 @dataclass(frozen=True)
@@ -153,12 +156,24 @@ async def _run(options: MountOptions, client: CometClient, ready: Callable[[], N
 
             nursery.start_soon(on_signal)
             ready()
+            # Runs in a thread: its stat() is answered by pyfuse3.main below.
+            nursery.start_soon(trio.to_thread.run_sync, _raise_readahead, options.mountpoint)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:
         # After an external `fusermount3 -u` the kernel side is gone already.
         pyfuse3.close(unmount=terminated or os.path.ismount(options.mountpoint))
         client.close()
+
+
+def _raise_readahead(mountpoint: Path) -> None:
+    """Best effort: only root may write the mount's bdi setting; others keep the default."""
+    try:
+        st = os.stat(mountpoint)
+        bdi = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+        (bdi / "read_ahead_kb").write_text(f"{READ_AHEAD_KB}\n")
+    except OSError as exc:
+        log.info("kernel readahead left at its default: %s", exc)
 
 
 def _setup_logging(level: str, log_file: Path | None, to_stderr: bool) -> None:

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,9 +118,17 @@ def test_command_line_tools(world, mounted, tmp_path) -> None:
         assert extracted is not None and extracted.read() == data.v1["data/nested/deep/blob.bin"]
 
 
-def test_df_works(mounted) -> None:
+def test_df_works_and_kernel_readahead_is_raised(mounted) -> None:
     result = subprocess.run(["df", str(mounted.path)], capture_output=True, text=True)
     assert result.returncode == 0 and "cometfs" in result.stdout
+    if os.geteuid() != 0:
+        return  # only root may change a mount's readahead; others keep the default
+    st = os.stat(mounted.path)
+    setting = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
+    deadline = time.monotonic() + 10
+    while setting.read_text().strip() != "1024" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert setting.read_text().strip() == "1024"
 
 
 def test_aliases_and_latest_read_the_right_version(world, mounted) -> None:
