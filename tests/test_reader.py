@@ -6,6 +6,7 @@ import itertools
 import logging
 import random
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -128,7 +129,7 @@ class FakeSource:
         finally:
             self.active -= 1
 
-    async def stream(self, key: AssetKey, sink: Callable[[bytes], None]) -> None:
+    async def stream(self, key: AssetKey, sink: Callable[[bytes], Awaitable[None]]) -> None:
         self.stream_calls.append(key)
         data = self.assets[key]
         size = key.size + max(0, self.length_error)
@@ -141,7 +142,7 @@ class FakeSource:
             if self.stream_error is not None and position + n > self.stream_error[0]:
                 raise self.stream_error[1]
             chunk = data(position, min(position + n, key.size))
-            sink(chunk + b"\0" * (n - len(chunk)))
+            await sink(chunk + b"\0" * (n - len(chunk)))
             position += n
             await trio.sleep(0)
         self.streams_finished += 1
@@ -839,3 +840,39 @@ def test_leaving_the_reader_fails_pending_reads_instead_of_hanging() -> None:
 
     run(scenario)
     assert len(caught) == 1
+
+
+class SlowDisk(DiskCache):
+    """A disk cache whose writes wait until the test opens `gate` (a threading.Event)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+
+    def put(self, key: AssetKey, block_index: int, data: bytes) -> None:
+        assert self.gate.wait(20)
+        super().put(key, block_index, data)
+
+
+def test_stream_waits_for_a_slow_disk_instead_of_buffering(tmp_path: Path) -> None:
+    block = 64 * KIB
+    source = FakeSource(ignore_range=True)
+    key = source.add(AssetKey("v", "slowdisk", 64 * block))
+
+    async def scenario() -> None:
+        disk = SlowDisk(tmp_path, 64 * MIB, block_size=block)
+        async with AssetReader(source, disk, block_size=block) as reader:
+            handle = reader.open(key)
+            first = await reader.read(handle, 0, block)
+            assert first == pattern(0, block)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            # The disk is stuck: the stream may run only a bounded queue ahead of it.
+            assert reader.stats()["bytes_streamed"] <= 12 * block
+            # Reserved: the first read's readahead window (1 MiB) plus the bounded queue.
+            assert reader.stats()["memory_reserved"] <= MIB + 12 * block
+            disk.gate.set()
+            assert await read_all(reader, key, block) == pattern(0, key.size)
+            await reader.wait_idle()
+        assert len(source.stream_calls) == 1
+
+    run(scenario)

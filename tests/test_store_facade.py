@@ -138,7 +138,7 @@ def test_stream_hands_chunks_to_the_sink_on_the_trio_thread() -> None:
     trio_thread = []
     chunks: list[bytes] = []
 
-    def sink(chunk: bytes) -> None:
+    async def sink(chunk: bytes) -> None:
         trio_thread.append(threading.get_ident())
         chunks.append(chunk)
 

@@ -171,7 +171,7 @@ class Store:
             expected_size=key.size,
         )
 
-    async def stream(self, key: AssetKey, sink: Callable[[bytes], None]) -> None:
+    async def stream(self, key: AssetKey, sink: Callable[[bytes], Awaitable[None]]) -> None:
         token = trio.lowlevel.current_trio_token()
 
         def pump() -> None:
@@ -179,6 +179,7 @@ class Store:
                 key.asset_id, key.version_id, expected_size=key.size
             ) as chunks:
                 for chunk in chunks:
-                    trio.from_thread.run_sync(sink, chunk, trio_token=token)
+                    # Blocks until the sink is done: the reader's backpressure.
+                    trio.from_thread.run(sink, chunk, trio_token=token)
 
         await trio.to_thread.run_sync(pump, limiter=self._stream_limiter)

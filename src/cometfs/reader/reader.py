@@ -30,7 +30,6 @@ Background tasks never raise: their errors are delivered to the readers waiting 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -55,6 +54,9 @@ from cometfs.reader.memory import MemoryCache
 
 logger = logging.getLogger(__name__)
 
+# Streamed blocks waiting for their disk write; beyond this the download waits for the disk.
+_STREAM_DISK_QUEUE = 8
+
 _COUNTERS = (
     "hits_memory",
     "hits_disk",
@@ -76,8 +78,9 @@ class ByteSource(Protocol):
         """Bytes [start, end) exactly; may raise RangeNotSupported and any CometFSError."""
         ...
 
-    async def stream(self, key: AssetKey, sink: Callable[[bytes], None]) -> None:
-        """The whole asset from byte 0, in order, calling sink(chunk) on the trio thread."""
+    async def stream(self, key: AssetKey, sink: Callable[[bytes], Awaitable[None]]) -> None:
+        """The whole asset from byte 0, in order, awaiting sink(chunk) on the trio thread
+        for each chunk before reading the next (so a slow sink slows the download)."""
         ...
 
 
@@ -467,7 +470,7 @@ class AssetReader:
         self._counts["streams"] += 1
         self._memory.reserve(self.block_size)  # the partial-block buffer
         try:
-            send, receive = trio.open_memory_channel[_DiskItem](math.inf)
+            send, receive = trio.open_memory_channel[_DiskItem](_STREAM_DISK_QUEUE)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_streamed_blocks, key, receive)
                 async with send:
@@ -509,7 +512,7 @@ class AssetReader:
                 f"{key.size} bytes"
             )
 
-    def _on_stream_chunk(self, stream: _Stream, chunk: bytes) -> None:
+    async def _on_stream_chunk(self, stream: _Stream, chunk: bytes) -> None:
         """The stream's sink: cut arriving bytes into blocks. Runs on the trio thread."""
         key = stream.key
         if stream.error is not None:
@@ -530,12 +533,18 @@ class AssetReader:
             stream.buffer += view[:want]
             view = view[want:]
             if len(stream.buffer) == self._block_len(key, stream.position):
-                self._land(stream, stream.position, bytes(stream.buffer))
+                index, data = stream.position, bytes(stream.buffer)
                 stream.buffer.clear()
+                # Advance before landing: _land may wait for the disk, and a reader arriving
+                # meanwhile must not wait on this stream for a block it has already passed.
                 stream.position += 1
+                await self._land(stream, index, data)
 
-    def _land(self, stream: _Stream, index: int, data: bytes) -> None:
-        """A streamed block is complete: wake its waiters, cache it, queue its disk write."""
+    async def _land(self, stream: _Stream, index: int, data: bytes) -> None:
+        """A streamed block is complete: wake its waiters, cache it, queue its disk write.
+
+        The disk queue is bounded: when the disk lags, this waits, which holds the download
+        back instead of piling blocks up in memory past the budget."""
         key = stream.key
         queue = stream.disk_queue if self._disk is not None else None
         # A reader may have attached to another stream of this asset; any stream can serve it.
@@ -549,7 +558,7 @@ class AssetReader:
             self._memory.put((key, index), data)
         if queue is not None:
             self._memory.reserve(len(data))
-            queue.send_nowait((index, data, slot))
+            await queue.send((index, data, slot))
 
     async def _write_streamed_blocks(
         self, key: AssetKey, receive: trio.MemoryReceiveChannel[_DiskItem]
