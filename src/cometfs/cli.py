@@ -30,7 +30,7 @@ def parse_size(text: str) -> int:
     return int(float(number) * 1024 ** " KMGT".index(unit.upper() or " "))
 
 
-def _positive_float(text: str) -> float:
+def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--workspace", action="append", default=[], help="show only this workspace")
     m.add_argument("--cache-dir", type=Path, help="disk cache (default: XDG cache dir)")
     m.add_argument("--cache-size", type=parse_size, default=parse_size("10G"))
-    m.add_argument("--metadata-ttl", type=_positive_float, default=30.0, metavar="SECONDS")
+    m.add_argument("--metadata-ttl", type=_non_negative_float, default=30.0, metavar="SECONDS")
     m.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C unmounts")
     m.add_argument("--log-level", default="WARNING",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning",

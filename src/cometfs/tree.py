@@ -217,10 +217,13 @@ class Tree:
         assert isinstance(node, VirtualFile)
         return node
 
-    def _symlink(self, identity: Hashable, mtime_ns: int, target: str, immutable: bool) -> Node:
+    def _symlink(
+        self, identity: tuple[Hashable, ...], mtime_ns: int, target: str, immutable: bool
+    ) -> Node:
+        # The target is part of the identity: a moved alias is a new inode, so the kernel
+        # never serves the old target from its cache.
         return self._intern(
-            (*identity, target) if isinstance(identity, tuple) else (identity, target),
-            lambda ino: Symlink(ino, mtime_ns, immutable, target),
+            (*identity, target), lambda ino: Symlink(ino, mtime_ns, immutable, target)
         )
 
     def node(self, inode: int) -> Node:
