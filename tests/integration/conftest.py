@@ -126,4 +126,7 @@ def mount_factory(
             mount.stop()
             if not mount.expect_warnings:
                 problems += mount.log_problems()
+            if mount.log_file.exists() and mount.env["COMET_API_KEY"] in mount.log_file.read_text(
+                    errors="replace"):
+                problems.append(f"the API key appears in {mount.log_file}")
         assert not problems, "unexpected WARNING/ERROR in the mount log:\n" + "\n".join(problems)
