@@ -13,7 +13,7 @@ import functools
 import itertools
 import logging
 import os
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -69,8 +69,6 @@ async def _read_only(*_: Any, **__: Any) -> Any:
 class CometFS(pyfuse3.Operations):
     """Read-only FUSE operations over a Tree (names, attributes) and an AssetReader (bytes)."""
 
-    enable_writeback_cache = False
-
     def __init__(
         self,
         tree: Tree,
@@ -78,14 +76,14 @@ class CometFS(pyfuse3.Operations):
         *,
         uid: int,
         gid: int,
-        statfs_info: Callable[[], Mapping[str, int]] = dict,
+        cache_bytes: Callable[[], int] = int,
     ) -> None:
         super().__init__()
         self._tree = tree
         self._reader = reader
         self._uid = uid
         self._gid = gid
-        self._statfs_info = statfs_info
+        self._cache_bytes = cache_bytes
         self._handles: dict[int, Any] = {}
         self._next_fh = itertools.count(1)
 
@@ -175,8 +173,6 @@ class CometFS(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, index + 1):
                 break
 
-    async def releasedir(self, fh: int) -> None:
-        self._handles.pop(fh, None)
 
     # -- files -------------------------------------------------------------------------------
 
@@ -206,6 +202,8 @@ class CometFS(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
 
+    releasedir = release
+
     async def flush(self, fh: int) -> None:
         return None
 
@@ -216,10 +214,9 @@ class CometFS(pyfuse3.Operations):
 
     @_fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        info = self._statfs_info()
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = 4096
-        data.f_blocks = info.get("bytes", 0) // 4096
+        data.f_blocks = self._cache_bytes() // 4096
         data.f_bfree = data.f_bavail = 0
         data.f_files = self._tree.inode_count
         data.f_ffree = data.f_favail = 0

@@ -138,7 +138,7 @@ async def _run(options: MountOptions, client: CometClient, ready: Callable[[], N
     )
     fs = CometFS(
         tree, reader, uid=os.getuid(), gid=os.getgid(),
-        statfs_info=lambda: {"bytes": disk.usage()},
+        cache_bytes=disk.usage,
     )
     pyfuse3.init(fs, str(options.mountpoint), _fuse_options(options.fuse_options))
     terminated = False

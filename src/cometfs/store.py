@@ -8,7 +8,6 @@ without expiry. Concurrent identical calls share one request (single-flight).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Protocol, TypeVar
@@ -19,7 +18,6 @@ from cachetools import LRUCache, TTLCache
 from cometfs.errors import TransientError
 from cometfs.model import Artifact, ArtifactVersion, Asset, AssetKey
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 

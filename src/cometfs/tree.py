@@ -12,7 +12,6 @@ new inode, because its identity includes its target.
 from __future__ import annotations
 
 import json
-import logging
 import stat
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
@@ -23,10 +22,8 @@ import semantic_version
 
 from cometfs.errors import NotFound
 from cometfs.model import Artifact, ArtifactVersion, Asset, AssetKey
-from cometfs.names import escape_name, map_asset_paths, unescape_name
+from cometfs.names import MappedPath, escape_name, map_asset_paths, unescape_name
 from cometfs.store import Store
-
-log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 META_DIR = ".comet"
@@ -523,7 +520,7 @@ class Tree:
         name: str,
         details: ArtifactVersion,
         assets: list[Asset],
-        mapped: list[Any],
+        mapped: list[MappedPath],
         mtime: int,
     ) -> Directory:
         version = details.version
