@@ -249,3 +249,17 @@ def test_discard_drops_one_asset_only(tmp_path: Path) -> None:
     assert all(cache.get(KEY, i, BLOCK) is None for i in range(3))
     assert cache.get(OTHER, 0, BLOCK) == block(9)
     assert len(block_files(tmp_path)) == 1
+
+
+def test_holds_follows_puts_evictions_and_discards(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 3 * 1024, block_size=1024)
+    key = AssetKey("v", "held", 10 * 1024)
+    assert not cache.holds(key, 0)
+    cache.put(key, 0, b"a" * 1000)
+    assert cache.holds(key, 0) and not cache.holds(key, 1)
+    for index in (1, 2, 3):  # the capacity fits two blocks with their trailers
+        cache.put(key, index, b"b" * 1000)
+    assert not cache.holds(key, 0), "evicted blocks are no longer held"
+    assert cache.holds(key, 3)
+    cache.discard(key)
+    assert not any(cache.holds(key, index) for index in range(4))

@@ -876,3 +876,33 @@ def test_stream_waits_for_a_slow_disk_instead_of_buffering(tmp_path: Path) -> No
         assert len(source.stream_calls) == 1
 
     run(scenario)
+
+
+class CountingDisk(DiskCache):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gets = 0
+
+    def get(self, key: AssetKey, block_index: int, expected_len: int) -> bytes | None:
+        self.gets += 1
+        return super().get(key, block_index, expected_len)
+
+
+def test_cold_blocks_skip_the_disk_and_cached_ones_use_it(tmp_path: Path) -> None:
+    source = FakeSource()
+    key = source.add(AssetKey("v", "index", 8 * 64 * KIB))
+
+    async def read_twice() -> tuple[int, int]:
+        disk = CountingDisk(tmp_path, 64 * MIB, block_size=64 * KIB)
+        async with AssetReader(source, disk, block_size=64 * KIB) as reader:
+            assert await read_all(reader, key, 64 * KIB) == pattern(0, key.size)
+            await reader.wait_idle()
+        cold = disk.gets
+        disk = CountingDisk(tmp_path, 64 * MIB, block_size=64 * KIB)
+        async with AssetReader(source, disk, block_size=64 * KIB) as reader:
+            assert await read_all(reader, key, 64 * KIB) == pattern(0, key.size)
+        return cold, disk.gets
+
+    cold_gets, warm_gets = run(read_twice)
+    assert cold_gets == 0
+    assert warm_gets == 8

@@ -118,6 +118,15 @@ class DiskCache:
                 self._usage -= self._index.pop(path)
                 _unlink_quietly(path)
 
+    def holds(self, key: AssetKey, block_index: int) -> bool:
+        """Whether the index lists the block: no file I/O, so the trio thread may ask.
+
+        Read without the lock (a dict membership test is atomic). A True may still turn
+        into a miss in get() (the file vanished or is corrupt); a False is never wrong for
+        blocks written before the call.
+        """
+        return self._block_path(key, block_index) in self._index
+
     def usage(self) -> int:
         """Bytes of cached block files.
 

@@ -374,7 +374,10 @@ class AssetReader:
         disk = self._disk
         if disk is None:
             return slots
-        lengths = {index: slot.nbytes for index, slot in slots.items()}
+        # Ask the index first: a cold block then costs no worker-thread round trip.
+        lengths = {index: slot.nbytes for index, slot in slots.items() if disk.holds(key, index)}
+        if not lengths:
+            return slots
         try:
             found = await trio.to_thread.run_sync(_disk_get_many, disk, key, lengths)
         except OSError as exc:
