@@ -54,7 +54,12 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Asset:
-    """One file of a version. Remote assets have `remote=True`, a `link` and no bytes here."""
+    """One file of a version. Remote assets have `remote=True`, a `link` and no bytes here.
+
+    `problem` is set (and `size` is 0) when the listing's entry is unusable, e.g. a fileSize
+    that is not a non-negative 64-bit integer: the tree skips such an asset and lists it in
+    the version's `.comet/` files instead of failing the whole version.
+    """
 
     asset_id: str
     artifact_version_id: str
@@ -64,6 +69,7 @@ class Asset:
     link: str | None
     asset_type: str
     metadata: Mapping[str, Any] | None = field(default=None, hash=False)
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
