@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,7 @@ def block(n: int, fill: int | None = None) -> bytes:
 
 
 def block_files(root: Path) -> list[Path]:
-    return sorted(root.glob("*/*.blk"))
+    return sorted(root.glob("v2/*/*.blk"))
 
 
 def only_file(root: Path) -> Path:
@@ -52,7 +54,9 @@ def test_short_last_block(tmp_path: Path) -> None:
 def test_blocks_persist_across_instances(tmp_path: Path) -> None:
     DiskCache(tmp_path, 100 * ENTRY, block_size=BLOCK).put(KEY, 0, block(0))
     again = DiskCache(tmp_path, 100 * ENTRY, block_size=BLOCK)
+    again.scan()
     assert again.usage() == ENTRY
+    assert again.holds(KEY, 0)
     assert again.get(KEY, 0, BLOCK) == block(0)
 
 
@@ -112,8 +116,10 @@ def test_wrong_expected_length_is_treated_as_corrupt(
 def test_file_deleted_behind_our_back_is_a_miss(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path, 100 * ENTRY, block_size=BLOCK)
     cache.put(KEY, 0, block(0))
-    only_file(tmp_path).unlink()
+    only_file(tmp_path).unlink()  # as another process's eviction would
     assert cache.get(KEY, 0, BLOCK) is None
+    assert not cache.holds(KEY, 0)
+    cache.clear()  # any later measurement books the directory as it is
     assert cache.usage() == 0
 
 
@@ -164,6 +170,7 @@ def test_recency_survives_a_restart(tmp_path: Path) -> None:
     for age, index in enumerate((0, 2, 1)):
         os.utime(paths[index], (1_000_000 - age * 100, 1_000_000 - age * 100))
     smaller = DiskCache(tmp_path, 2 * ENTRY, block_size=BLOCK)  # remount with a lower limit
+    smaller.scan()
     assert smaller.usage() == 2 * ENTRY
     assert smaller.get(KEY, 1, BLOCK) is None
     assert smaller.get(KEY, 0, BLOCK) == block(0)
@@ -179,15 +186,40 @@ def test_get_refreshes_the_persistent_last_use(tmp_path: Path) -> None:
     assert path.stat().st_mtime > 1000
 
 
-def test_temp_files_of_a_crashed_process_are_removed_at_start(tmp_path: Path) -> None:
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temp_files_of_a_crashed_process_are_removed_by_scan(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path, 10 * ENTRY, block_size=BLOCK)
     cache.put(KEY, 0, block(0))
     asset_dir = only_file(tmp_path).parent
-    leftover = asset_dir / ".1.blk.4242.deadbeef.tmp"
+    leftover = asset_dir / f".1.blk.{dead_pid()}.deadbeef.tmp"
     leftover.write_bytes(b"half a block")
-    DiskCache(tmp_path, 10 * ENTRY, block_size=BLOCK)
+    DiskCache(tmp_path, 10 * ENTRY, block_size=BLOCK).scan()
     assert not leftover.exists()
     assert [p.name for p in asset_dir.iterdir()] == ["0.blk"]
+
+
+def test_live_and_recent_temp_files_of_another_process_are_kept(tmp_path: Path) -> None:
+    """Another process's write in flight survives our scan, eviction and clear."""
+    cache = DiskCache(tmp_path, 2 * ENTRY, block_size=BLOCK)
+    cache.put(KEY, 0, block(0))
+    asset_dir = only_file(tmp_path).parent
+    live = asset_dir / f".5.blk.{os.getppid()}.cafebabe.tmp"
+    live.write_bytes(b"x" * 10)
+    old = asset_dir / f".6.blk.{os.getppid()}.0badf00d.tmp"
+    old.write_bytes(b"x" * 10)
+    os.utime(old, (time.time() - 7200, time.time() - 7200))  # over an hour: abandoned
+    other = DiskCache(tmp_path, 2 * ENTRY, block_size=BLOCK)
+    other.scan()
+    for i in range(1, 6):
+        other.put(KEY, i, block(i))
+    other.clear()
+    assert live.exists()
+    assert not old.exists()
 
 
 def test_put_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -254,6 +286,7 @@ def test_discard_drops_one_asset_only(tmp_path: Path) -> None:
 def test_holds_follows_puts_evictions_and_discards(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path, 3 * 1024, block_size=1024)
     key = AssetKey("v", "held", 10 * 1024)
+    cache.scan()
     assert not cache.holds(key, 0)
     cache.put(key, 0, b"a" * 1000)
     assert cache.holds(key, 0) and not cache.holds(key, 1)
