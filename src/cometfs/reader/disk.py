@@ -168,9 +168,8 @@ class DiskCache:
                 )
                 self._remove(path, expected_len + _TRAILER.size)
                 return None
-            # The file's mtime is the shared record of last use that eviction sorts by.
             with contextlib.suppress(OSError):
-                os.utime(fd)
+                _stamp(fd)
         finally:
             os.close(fd)
         with self._lock:
@@ -309,6 +308,7 @@ class DiskCache:
         try:
             try:
                 _write_all(fd, [view, trailer])
+                _stamp(fd)
             finally:
                 os.close(fd)
             # No fsync: a block lost in a power cut is refetched, a torn one fails its CRC.
@@ -324,7 +324,7 @@ class DiskCache:
         Called with the ledger lock held. Counts live temporary files (writes in flight),
         deletes dead ones, leaves files that are not ours alone, rebuilds the index.
         """
-        blocks: list[tuple[float, Path, int]] = []
+        blocks: list[tuple[int, Path, int]] = []
         total = 0
         now = time.time()
         for asset_dir in _scandir(self._blocks):
@@ -346,7 +346,7 @@ class DiskCache:
                     else:
                         total += st.st_size
                 elif _BLOCK_NAME.match(entry.name):
-                    blocks.append((st.st_mtime, Path(entry.path), st.st_size))
+                    blocks.append((st.st_mtime_ns, Path(entry.path), st.st_size))
                     total += st.st_size
         blocks.sort(key=lambda item: item[0])
         evicted = 0
@@ -402,6 +402,16 @@ def _read_block(fd: int, file_size: int, expected_len: int) -> bytes | None:
     if magic != _MAGIC or _crc32(data) != crc:
         return None
     return data
+
+
+def _stamp(fd: int) -> None:
+    """Record a use in the file's mtime, the shared last-use record eviction sorts by.
+
+    Set from the clock, not left to the kernel: its file timestamps tick only every few
+    milliseconds, which would tie blocks written or read in quick succession.
+    """
+    now = time.time_ns()
+    os.utime(fd, ns=(now, now))
 
 
 def _write_all(fd: int, buffers: list[memoryview | bytes]) -> None:
