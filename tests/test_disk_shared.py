@@ -203,3 +203,16 @@ def test_checksum_has_zlib_values() -> None:
 
     data = os.urandom(1 << 20)
     assert disk_module._crc32(data) == zlib.crc32(data)
+
+
+def test_dropped_caches_leak_no_descriptors(tmp_path: Path) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    DiskCache(tmp_path, CAPACITY, block_size=BLOCK).put(AssetKey("v", "a", BLOCK), 0, b"x" * BLOCK)
+    before = open_fds()
+    for _ in range(50):
+        cache = DiskCache(tmp_path, CAPACITY, block_size=BLOCK)
+        assert cache.get(AssetKey("v", "a", BLOCK), 0, BLOCK) == b"x" * BLOCK
+        del cache
+    assert open_fds() <= before + 1

@@ -124,3 +124,7 @@ class Ledger:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def __del__(self) -> None:
+        # Caches made and dropped (fsspec readers, tests) must not leak a descriptor each.
+        self.close()
