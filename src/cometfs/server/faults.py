@@ -106,7 +106,7 @@ class FaultRule:
         if self.kind == "status":
             if self.status is None or not 100 <= self.status <= 599:
                 raise ValueError(f"fault status must be an HTTP status 100-599, got {self.status}")
-            if self.retry_after is None and self.status == 429:
+            if self.retry_after is None and self.status == 429 and not self.retry_date:
                 self.retry_after = 1.0
         if self.kind == "trickle" and not self.rate > 0:
             raise ValueError(f"trickle needs a rate > 0 bytes per second, got {self.rate}")
