@@ -365,3 +365,16 @@ def test_stall_connection_is_bounded_by_close(ids: dict[str, str],
         assert len(body) == length // 2
     finally:
         sock.close()
+
+
+@pytest.mark.sdk
+def test_not_final_is_what_the_sdk_calls_not_final(ids: dict[str, str], sdk_env: CometServer
+                                                   ) -> None:
+    comet_ml = pytest.importorskip("comet_ml")
+    from comet_ml import exceptions as cx
+
+    sdk_env.faults.add(parse_faults("artifacts/version=not-final*1").rules[0])
+    api = comet_ml.API(cache=False)
+    with pytest.raises(cx.ArtifactNotFinalException):
+        api.get_artifact("ws", "data")
+    assert str(api.get_artifact("ws", "data").version) == "2.0.0"
