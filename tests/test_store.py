@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -274,3 +275,126 @@ def test_seed_demo_is_idempotent(store: Store) -> None:
     assert [v.version for v in mnist.versions] == ["1.0.0", "2.0.0"]
     assert len([a for a in mnist.versions[0].assets if a.file_name.endswith(".png")]) == 100
     assert len([a for a in mnist.versions[1].assets if a.file_name.endswith(".png")]) == 150
+
+
+# ---- symlinks in add_directory (issue 9 item 7) --------------------------------------------
+
+
+def _tree_with_links(tmp_path: Path) -> tuple[Path, Path]:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "real.txt").write_bytes(b"real")
+    secret = tmp_path / "outside-secret"
+    secret.write_bytes(b"secret")
+    return src, secret
+
+
+def test_add_directory_refuses_a_symlink_and_adds_nothing(store: Store, tmp_path: Path) -> None:
+    src, secret = _tree_with_links(tmp_path)
+    (src / "sub" / "passwd").symlink_to(secret)
+    with pytest.raises(StoreError, match=r"sub/passwd is a symbolic link.*--follow-symlinks"):
+        store.add_directory("ws", "a", src)
+    assert store.snapshot().artifact("ws", "a") is None
+    assert list((store.root / "blobs").iterdir()) == []
+    # Also a link inside the tree, and a link to a directory (os.walk used to skip those).
+    (src / "sub" / "passwd").unlink()
+    (src / "inner").symlink_to(src / "real.txt")
+    with pytest.raises(StoreError, match="inner is a symbolic link"):
+        store.add_directory("ws", "a", src)
+    (src / "inner").unlink()
+    (src / "dirlink").symlink_to(src / "sub")
+    with pytest.raises(StoreError, match="dirlink is a symbolic link"):
+        store.add_directory("ws", "a", src)
+
+
+def test_follow_symlinks_copies_targets_inside_only(store: Store, tmp_path: Path) -> None:
+    src, secret = _tree_with_links(tmp_path)
+    (src / "inner").symlink_to("real.txt")
+    (src / "dirlink").symlink_to("sub")
+    (src / "sub" / "f").write_bytes(b"f")
+    store.add_directory("ws", "a", src, follow_symlinks=True)
+    ver = _art(store, "ws", "a").versions[0]
+    blobs = {a.file_name: (store.root / "blobs" / str(a.sha256)).read_bytes()
+             for a in ver.assets}
+    assert blobs == {"dirlink/f": b"f", "inner": b"real", "real.txt": b"real", "sub/f": b"f"}
+    (src / "escape").symlink_to(secret)
+    with pytest.raises(StoreError, match="escape is a symbolic link to .*outside"):
+        store.add_directory("ws", "b", src, follow_symlinks=True)
+    assert store.snapshot().artifact("ws", "b") is None
+    store.add_directory("ws", "b", src, follow_symlinks=True, outside_symlinks=True)
+    names = {a.file_name for a in _art(store, "ws", "b").versions[0].assets}
+    assert "escape" in names
+
+
+def test_follow_symlinks_refuses_loops_and_dangling_links(store: Store, tmp_path: Path) -> None:
+    src, _ = _tree_with_links(tmp_path)
+    (src / "sub" / "up").symlink_to("..")
+    with pytest.raises(StoreError, match="symlink loop"):
+        store.add_directory("ws", "a", src, follow_symlinks=True)
+    (src / "sub" / "up").unlink()
+    (src / "gone").symlink_to("nowhere")
+    with pytest.raises(StoreError, match="dangling"):
+        store.add_directory("ws", "a", src, follow_symlinks=True)
+
+
+def test_cli_store_add_refuses_symlinks(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                        ) -> None:
+    from cometfs.cli import main
+
+    src, secret = _tree_with_links(tmp_path)
+    (src / "passwd").symlink_to(secret)
+    root = tmp_path / "cli-store"
+    assert main(["store", "add", "ws/a", str(src), "--store", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cometfs store: ") and "passwd is a symbolic link" in err
+    assert Store(root).snapshot().artifact("ws", "a") is None
+    assert main(["store", "add", "ws/a", str(src), "--store", str(root),
+                 "--follow-symlinks"]) == 1
+    assert "outside the source directory" in capsys.readouterr().err
+    assert main(["store", "add", "ws/a", str(src), "--store", str(root),
+                 "--outside-symlinks"]) == 1
+    assert "needs --follow-symlinks" in capsys.readouterr().err
+    assert main(["store", "add", "ws/a", str(src), "--store", str(root),
+                 "--follow-symlinks", "--outside-symlinks"]) == 0
+    assert capsys.readouterr().out == "added ws/a:1.0.0\n"
+
+
+# ---- stale temp files ---------------------------------------------------------------------
+
+
+def test_stale_temp_blobs_are_removed_on_open(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "s"
+    Store(root)
+    tmp = root / "tmp"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)  # that process has exited and been reaped
+    (tmp / f"{dead_pid}.{'a' * 32}.blob").write_bytes(b"x" * 1000)  # killed writer
+    old = tmp / f"{os.getpid()}.{'b' * 32}.blob"  # a live pid, but two hours old
+    old.write_bytes(b"y")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    legacy_old = tmp / f"{'c' * 32}.blob"  # the name format before pids, old
+    legacy_old.write_bytes(b"z")
+    os.utime(legacy_old, (time.time() - 7200, time.time() - 7200))
+    live = tmp / f"{os.getpid()}.{'d' * 32}.blob"  # a writer at work right now
+    live.write_bytes(b"w")
+    legacy_new = tmp / f"{'e' * 32}.blob"
+    legacy_new.write_bytes(b"v")
+    Store(root)
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([live.name, legacy_new.name])
+
+
+def test_temp_files_carry_the_writer_pid(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    real_replace = os.replace
+
+    def spy(src: Any, dst: Any) -> None:
+        seen.append(Path(src).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    store.add_version("ws", "a", [AssetSource("x", data=b"x")])
+    assert seen and all(name.startswith(f"{os.getpid()}.") for name in seen)

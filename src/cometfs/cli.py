@@ -71,32 +71,60 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("mountpoint", type=Path)
 
     s = commands.add_parser("serve", help="run the local Comet-compatible server")
-    s.add_argument("--store", type=Path, default=None, help="store directory")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=18777)
+    s.add_argument("--store", type=Path, default=None,
+                   help="store directory (default: $XDG_DATA_HOME/cometfs/store)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to bind; anything but loopback is warned about "
+                        "(default: %(default)s)")
+    s.add_argument("--port", type=int, default=18777,
+                   help="port to bind, 0 for any free one (default: %(default)s)")
     s.add_argument("--api-key", action="append", default=[], metavar="KEY[:WS,WS...]",
-                   help="an accepted key, optionally limited to workspaces "
-                        "(default: COMET_API_KEY, all workspaces)")
-    s.add_argument("--demo", action="store_true", help="seed demo artifacts")
-    s.add_argument("--no-range", action="store_true", help="ignore Range on asset downloads")
+                   help="an accepted key, optionally limited to workspaces; visible in ps, "
+                        "prefer --api-key-file (default: COMET_API_KEY, all workspaces, "
+                        "when neither this nor --api-key-file is given)")
+    s.add_argument("--api-key-file", action="append", default=[], type=Path, metavar="FILE",
+                   help="read keys from FILE: one KEY[:WS,WS...] per line, # comments; must "
+                        "not be accessible by group or others (default: none)")
+    s.add_argument("--demo", action="store_true",
+                   help="seed demo artifacts (default: off)")
+    s.add_argument("--no-range", action="store_true",
+                   help="ignore Range on asset downloads (default: off, Range honoured)")
     s.add_argument("--redirect", action="store_true",
-                   help="answer allow301=true with a redirect to a blob URL")
-    s.add_argument("--faults", metavar="SPEC", help="inject faults, e.g. 'get-asset=500*2'")
-    s.add_argument("--log-level", default="INFO")
+                   help="answer allow301=true with a redirect to a blob URL (default: off)")
+    s.add_argument("--faults", metavar="SPEC",
+                   help="inject faults, e.g. 'get-asset=500*2;get-asset=trickle:100'; grammar "
+                        "in cometfs/server/faults.py (default: none)")
+    s.add_argument("--latency", type=_non_negative_float, default=0.0, metavar="SECONDS",
+                   help="wait this long before every answer, to model a WAN "
+                        "(default: %(default)s)")
+    s.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
 
     store = commands.add_parser("store", help="manage the local server's store")
     store_commands = store.add_subparsers(dest="store_command", required=True)
     a = store_commands.add_parser("add", help="add a version from a directory")
     a.add_argument("artifact", metavar="WORKSPACE/NAME")
     a.add_argument("source", type=Path, metavar="SOURCE_DIR")
-    a.add_argument("--store", type=Path, default=None)
-    a.add_argument("--version")
-    a.add_argument("--type", default="dataset")
-    a.add_argument("--alias", action="append", default=[])
-    a.add_argument("--tag", action="append", default=[])
-    a.add_argument("--version-tag", action="append", default=[])
-    a.add_argument("--metadata", help="a JSON object")
-    a.add_argument("--remote", action="append", default=[], metavar="LOGICAL_PATH=URI")
+    a.add_argument("--store", type=Path, default=None,
+                   help="store directory (default: $XDG_DATA_HOME/cometfs/store)")
+    a.add_argument("--version",
+                   help="strict semver (default: 1.0.0, or the next major after the highest)")
+    a.add_argument("--type", default="dataset", help="artifact type (default: %(default)s)")
+    a.add_argument("--alias", action="append", default=[],
+                   help="alias for this version, repeatable; moves off older ones "
+                        "(default: none)")
+    a.add_argument("--tag", action="append", default=[],
+                   help="artifact tag, repeatable (default: none)")
+    a.add_argument("--version-tag", action="append", default=[],
+                   help="version tag, repeatable (default: none)")
+    a.add_argument("--metadata", help="version metadata, a JSON object (default: {})")
+    a.add_argument("--remote", action="append", default=[], metavar="LOGICAL_PATH=URI",
+                   help="add a remote asset, repeatable (default: none)")
+    a.add_argument("--follow-symlinks", action="store_true",
+                   help="copy the targets of symbolic links inside SOURCE_DIR instead of "
+                        "refusing them (default: off, any link is an error)")
+    a.add_argument("--outside-symlinks", action="store_true",
+                   help="with --follow-symlinks, also copy links that resolve outside "
+                        "SOURCE_DIR (default: off)")
     return parser
 
 
@@ -129,23 +157,28 @@ def _unmount(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import logging
 
-    from cometfs.server import parse_api_key, parse_faults, serve_forever
+    from cometfs.server import load_api_key_file, parse_api_key, parse_faults, serve_forever
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    specs = args.api_key or ([os.environ["COMET_API_KEY"]] if os.environ.get("COMET_API_KEY")
-                             else [])
-    if not specs:
-        raise CometFSError("serve needs an API key: --api-key KEY[:WS,...] or COMET_API_KEY")
+    keys = [parse_api_key(spec) for spec in args.api_key]
+    for path in args.api_key_file:
+        keys.extend(load_api_key_file(path))
+    if not keys and os.environ.get("COMET_API_KEY"):
+        keys.append(parse_api_key(os.environ["COMET_API_KEY"]))
+    if not keys:
+        raise CometFSError("serve needs an API key: --api-key-file FILE, --api-key "
+                           "KEY[:WS,...] or COMET_API_KEY")
     serve_forever(
         args.store or _default_store(),
         host=args.host,
         port=args.port,
-        api_keys=[parse_api_key(spec) for spec in specs],
+        api_keys=keys,
         demo=args.demo,
         ranges=not args.no_range,
         redirect=args.redirect,
         faults=parse_faults(args.faults) if args.faults else None,
+        latency=args.latency,
     )
 
 
@@ -167,8 +200,11 @@ def _store_add(args: argparse.Namespace) -> None:
         if not equals or not logical or not uri:
             raise CometFSError(f"--remote expects LOGICAL_PATH=URI, got {item!r}")
         remotes[logical] = uri
+    if args.outside_symlinks and not args.follow_symlinks:
+        raise CometFSError("--outside-symlinks needs --follow-symlinks")
     version = Store(args.store or _default_store()).add_directory(
         workspace, name, args.source,
+        follow_symlinks=args.follow_symlinks, outside_symlinks=args.outside_symlinks,
         version=args.version, artifact_type=args.type, aliases=args.alias, tags=args.tag,
         version_tags=args.version_tag, metadata=metadata, remotes=remotes,
     )

@@ -6,6 +6,7 @@ signal handlers); the server itself serves from background threads (see app.py).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import signal
@@ -14,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from cometfs.errors import CometFSError
 from cometfs.server.app import CometServer
-from cometfs.server.auth import ApiKey, parse_api_key
+from cometfs.server.auth import ApiKey, load_api_key_file, parse_api_key
 from cometfs.server.demo import seed_demo
 from cometfs.server.faults import FaultPlan, FaultRule, parse_faults
 from cometfs.server.store import AssetSource, Store
@@ -29,6 +31,7 @@ __all__ = [
     "FaultPlan",
     "FaultRule",
     "Store",
+    "load_api_key_file",
     "parse_api_key",
     "parse_faults",
     "seed_demo",
@@ -55,8 +58,12 @@ def serve_forever(
     ranges: bool,
     redirect: bool,
     faults: FaultPlan | None,
+    latency: float = 0.0,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; prints one 'listening' line to stdout once ready."""
+    """Serve until SIGINT/SIGTERM; prints one 'listening' line to stdout once ready.
+
+    A port in use raises CometFSError with one line saying what to do.
+    """
     store = Store(store_root)
     if demo:
         seed_demo(store)
@@ -71,9 +78,15 @@ def serve_forever(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = CometServer(store, host=host, port=port, api_keys=api_keys, ranges=ranges,
-                         redirect=redirect, faults=faults)
+                         redirect=redirect, faults=faults, latency=latency)
     try:
-        server.start()
+        try:
+            server.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise CometFSError(f"port {port} on {host} is in use: stop the other server or "
+                               f"pass --port N") from None
         print(f"cometfs serve: listening on {server.url} (store {store_root})", flush=True)
         stop.wait()
     finally:

@@ -25,15 +25,19 @@ Choices for behaviour the real backend does not document ([INFERRED] in the spec
   redirect=True and allow301=true it answers 302 to /blob/<token> on this server, where
   the token is an HMAC (per-server secret) of the blob id and an expiry.
 - Non-GET/HEAD methods answer 405 (the server is read-only).
+- `latency` (seconds) is added before every answer, to model a WAN for benchmarks; it and
+  the waiting fault kinds (trickle, stall) end early when the server closes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -51,7 +55,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from cometfs.server import render
 from cometfs.server.auth import ApiKey, parse_api_key
-from cometfs.server.faults import FaultPlan, FaultRule
+from cometfs.server.bomb import gzip_bomb
+from cometfs.server.faults import STALL_MAX, FaultPlan, FaultRule
 from cometfs.server.reqlog import RequestLog
 from cometfs.server.store import OWNER, ArtifactRec, Snapshot, Store, VersionRec
 
@@ -62,6 +67,8 @@ REST_PREFIX = "/api/rest/v2/"
 SDK_NO_VERSION = 624523
 SDK_NO_WORKSPACE = 90219
 SDK_BAD_KEY = 90212
+SDK_NOT_FINAL = 90402
+HUGE_SIZE = 2**64
 JSON_TYPE = "application/json"
 BYTES_TYPE = "application/octet-stream"
 REDIRECT_TTL = 3600.0
@@ -247,7 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
         params = {k: v[0] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         endpoint, handler = self._route(path)
         self._head = head
-        self._truncate = False
+        self._fault: FaultRule | None = None
         self._bytes = 0
         self._entry: dict[str, Any] = {
             "time": time.time(), "method": self.command, "path": path,
@@ -257,6 +264,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._recorded = False
         started = time.monotonic()
         try:
+            if app.latency > 0:
+                app.closing.wait(app.latency)
             delay, rule = app.faults.pick(endpoint)
             if delay > 0:
                 time.sleep(delay)
@@ -300,21 +309,69 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
 
+    def _fault_kind(self) -> str | None:
+        return self._fault.kind if self._fault is not None else None
+
+    def _body_length(self, length: int) -> int:
+        """How many of `length` body bytes to send under the current fault."""
+        if self._fault_kind() in ("truncate", "reset-mid", "stall"):
+            return length // 2
+        return length
+
+    def _after_body(self) -> None:
+        """What the cutting faults do once their part of the body is out."""
+        kind = self._fault_kind()
+        if kind == "truncate":
+            self.close_connection = True
+        elif kind == "reset-mid":
+            self._reset()
+        elif kind == "stall":
+            app = self.server.app
+            logger.info("server: stalling a %s body until close (at most %gs)",
+                        self._entry["endpoint"], STALL_MAX)
+            app.closing.wait(STALL_MAX)
+            self.close_connection = True
+
+    def _reset(self) -> None:
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.server.mark_reset(self.connection)
+        self.close_connection = True
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        """Write body bytes, paced when the trickle fault is on."""
+        if self._fault_kind() != "trickle":
+            self.wfile.write(data)
+            self._bytes += len(data)
+            return
+        assert self._fault is not None
+        rate = self._fault.rate
+        step = max(1, int(rate / 10))  # about ten writes a second
+        view = memoryview(data)
+        closing = self.server.app.closing
+        for start in range(0, len(view), step):
+            piece = view[start:start + step]
+            self.wfile.write(piece)
+            self._bytes += len(piece)
+            if closing.wait(len(piece) / rate):
+                raise ConnectionAbortedError("server closing during a trickled body")
+
     def _write(self, data: bytes) -> None:
         if self._head:
             return
-        if self._truncate:
-            data = data[: len(data) // 2]
-            self.close_connection = True
-        self.wfile.write(data)
-        self._bytes += len(data)
+        self._emit(data[: self._body_length(len(data))])
+        self._after_body()
 
     def _send_json(
         self, status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()
     ) -> None:
         body = json.dumps(obj).encode("utf-8")
+        extra = list(headers)
+        if self._fault_kind() == "gzip-bomb":
+            assert self._fault is not None
+            body = gzip_bomb(body, self._fault.size)
+            extra.append(("Content-Encoding", "gzip"))
         self._begin(status, [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))),
-                             *headers])
+                             *extra])
         self._write(body)
 
     def _apply_fault(self, rule: FaultRule) -> bool:
@@ -323,19 +380,25 @@ class _Handler(BaseHTTPRequestHandler):
         if rule.kind == "status":
             status = int(rule.status or 500)
             headers = []
-            if rule.retry_after is not None:
+            if rule.retry_date:
+                # HTTP-dates have whole seconds: the next second but one is 1-2 s ahead.
+                when = math.floor(time.time()) + 2
+                headers.append(("Retry-After", email.utils.formatdate(when, usegmt=True)))
+            elif rule.retry_after is not None:
                 headers.append(("Retry-After", f"{rule.retry_after:g}"))
             self._send_json(status, render.error_body(f"injected fault {status}", status, None),
                             headers)
             return True
-        if rule.kind == "reset":
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                       struct.pack("ii", 1, 0))
-            self.server.mark_reset(self.connection)
-            self.close_connection = True
+        if rule.kind == "not-final":
+            self._send_json(400, render.error_body(
+                "Artifact version is not in a finalized state (injected fault)", 400,
+                SDK_NOT_FINAL))
             return True
-        if rule.kind == "truncate":
-            self._truncate = True
+        if rule.kind == "reset":
+            self._reset()
+            return True
+        # The others change how the normal answer goes out.
+        self._fault = rule
         return False
 
     def _route(self, path: str) -> tuple[str, Callable[[dict[str, str]], None]]:
@@ -430,7 +493,10 @@ class _Handler(BaseHTTPRequestHandler):
             ver = art.latest
         if ver is None:
             raise HttpError(400, "No artifact version found", SDK_NO_VERSION)
-        self._send_json(200, render.version_files(art, ver))
+        body = render.version_files(art, ver)
+        if self._fault_kind() == "huge-size" and body["files"]:
+            body["files"][0]["fileSize"] = HUGE_SIZE
+        self._send_json(200, body)
 
     def _e_experiment_metadata(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
         exp = snap.experiments.get(params.get("experimentKey") or "")
@@ -476,7 +542,8 @@ class _Handler(BaseHTTPRequestHandler):
         with f:
             size = os.fstat(f.fileno()).st_size
             first, last, status = 0, size - 1, 200
-            header = self.headers.get("Range") if ranges else None
+            honour = ranges and self._fault_kind() != "norange"
+            header = self.headers.get("Range") if honour else None
             if header is not None:
                 window = parse_range(header, size)
                 if window == _UNSATISFIABLE:
@@ -495,14 +562,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._begin(status, headers)
             if self._head or length == 0:
                 return
-            if self._truncate:
-                length //= 2
-                self.close_connection = True
-            # socket.sendfile uses os.sendfile: the bytes never pass through Python.
-            sent = self.connection.sendfile(f, first, length)
-            self._bytes += sent
+            length = self._body_length(length)
+            if self._fault_kind() == "trickle":
+                f.seek(first)
+                remaining = length
+                while remaining > 0 and (chunk := f.read(min(remaining, 1 << 16))):
+                    self._emit(chunk)
+                    remaining -= len(chunk)
+                sent = length - remaining
+            else:
+                # socket.sendfile uses os.sendfile: the bytes never pass through Python.
+                sent = self.connection.sendfile(f, first, length)
+                self._bytes += sent
             if sent < length:
                 self.close_connection = True
+            self._after_body()
 
 
 def _visible_workspaces(key: ApiKey, snap: Snapshot) -> list[str]:
@@ -566,14 +640,22 @@ class CometServer:
         request_log_path: Path | None = None,
         request_log_max: int | None = 100_000,
         redirect_ttl: float = REDIRECT_TTL,
+        latency: float = 0.0,
     ) -> None:
         keys = [k if isinstance(k, ApiKey) else parse_api_key(k) for k in api_keys]
         if not keys:
             raise ValueError("a server needs at least one API key")
+        if not latency >= 0:
+            raise ValueError(f"latency must be >= 0 seconds, got {latency}")
         self.store = store
         self.host = host
         self.port = port
+        # Replaced whole (never mutated) under _keys_lock, so handler threads read it lock-free.
         self.api_keys: tuple[ApiKey, ...] = tuple(keys)
+        self._keys_lock = threading.Lock()
+        self.latency = latency
+        # Set by close(): ends latency waits, trickles and stalls on handler threads.
+        self.closing = threading.Event()
         self.ranges = ranges
         self.redirect = redirect
         self.redirect_ttl = redirect_ttl
@@ -592,6 +674,7 @@ class CometServer:
         """Bind, listen and serve on a background thread; returns once listening."""
         if self._httpd is not None:
             raise RuntimeError("server already started")
+        self.closing.clear()
         self._httpd = _HTTPServer(self, (self.host, self.port))
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(
@@ -607,6 +690,7 @@ class CometServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        self.closing.set()
         httpd.shutdown()
         httpd.drop_connections()
         if self._thread is not None:
@@ -618,6 +702,26 @@ class CometServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def add_key(self, key: ApiKey | str) -> None:
+        """Accept one more key (`KEY[:WS,...]` or an ApiKey) from the next request on."""
+        new = key if isinstance(key, ApiKey) else parse_api_key(key)
+        with self._keys_lock:
+            self.api_keys = (*self.api_keys, new)
+
+    def revoke_key(self, key: str) -> None:
+        """Stop accepting `key` from the next request on (for tests of a revoked key).
+
+        Connections stay open; their next request is a 401. ValueError (not naming the key)
+        when the key was not accepted.
+        """
+        with self._keys_lock:
+            kept = tuple(k for k in self.api_keys if not hmac.compare_digest(
+                k.key.encode("utf-8", "surrogateescape"),
+                key.encode("utf-8", "surrogateescape")))
+            if len(kept) == len(self.api_keys):
+                raise ValueError("revoke_key: that key is not accepted by this server")
+            self.api_keys = kept
 
     def authenticate(self, header: str | None) -> ApiKey | None:
         if not header:

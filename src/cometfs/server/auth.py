@@ -1,5 +1,8 @@
 """API keys of the local server and the workspaces each may see.
 
+Keys come from `--api-key`, from a key file (`load_api_key_file`: keeps them out of `ps`),
+or from COMET_API_KEY.
+
 Parsed once at start-up on the main thread; `ApiKey.matches` is called from handler
 threads and only reads. The key is never part of a repr, log line or response.
 """
@@ -7,7 +10,10 @@ threads and only reads. The key is never part of a repr, log line or response.
 from __future__ import annotations
 
 import hmac
+import os
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -54,3 +60,36 @@ def parse_api_key(spec: str) -> ApiKey:
         if "/" in name:
             raise ValueError(f"workspace name {name!r} in --api-key must not contain '/'")
     return ApiKey(key, frozenset(names))
+
+
+def load_api_key_file(path: Path) -> list[ApiKey]:
+    """Read keys from a file: one `KEY[:WS,WS...]` per line; blank lines and `#` comments skip.
+
+    The file must not grant group or other users any access (a key file others can read
+    leaks every key; one they can write lets them add keys). Errors name the file and line,
+    never a key.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ValueError(
+                    f"API key file {path} is accessible by group or others "
+                    f"(mode {stat.S_IMODE(mode):04o}): run chmod 600 {path}")
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read API key file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"API key file {path} is not UTF-8 text") from None
+    keys: list[ApiKey] = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            keys.append(parse_api_key(text))
+        except ValueError as exc:
+            raise ValueError(f"API key file {path}, line {number}: {exc}") from None
+    if not keys:
+        raise ValueError(f"API key file {path} holds no keys")
+    return keys

@@ -8,7 +8,10 @@ Layout under the root (every JSON file is written to a temporary name and rename
     store.json                                   {"format": 1}
     lock                                         fcntl.flock target that serialises writers
     generation                                   a fresh id after every commit; readers read it
-    tmp/                                         half-written files; never read
+    tmp/<pid>.<uuid>.<kind>                      half-written files; never read. Opening a
+                                                 store deletes those whose writer is dead or
+                                                 that are older than `STALE_TMP_SECONDS`, so a
+                                                 killed `store add` leaves nothing for long
     blobs/<sha256>                               asset bytes, content addressed, mode 0444
     experiments/<key>.json                       source experiment records (E9)
     workspaces/<ws>/workspace.json               {"name", "workspaceId"}
@@ -26,11 +29,19 @@ atomic rename.
 Readers: `snapshot()` returns an immutable `Snapshot`; it is rebuilt only when the generation
 file's content (a fresh id per commit) changes, so another process's commit shows up on the
 next request. Safe to call from any thread; writers take a process-level file lock.
+
+Mutations for tests of a running mount (each one commit, under the write lock, so safe from
+any thread or process while a server reads): `move_alias`, `remove_alias`,
+`set_version_tags`, `set_version_metadata`, `delete_version`, `replace_asset_bytes`.
+
+`add_directory` refuses symbolic links unless asked (see its docstring): a link to
+/etc/passwd in a source tree must not quietly become an asset.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -59,6 +70,7 @@ PROJECT_NAME = "cometfs-store"
 _COPY_CHUNK = 4 << 20
 _MAX_DIRNAME = 200
 _EXPERIMENT_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+STALE_TMP_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,9 @@ class AssetSource:
     data: bytes | None = None
     metadata: Mapping[str, Any] | None = None
     asset_type: str = "asset"
+    # True when `path` must not be a symbolic link at open time (add_directory checked it was
+    # a regular file; O_NOFOLLOW keeps a link swapped in since then from being followed).
+    no_follow: bool = False
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.data is None):
@@ -265,6 +280,7 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
             for sub in ("blobs", "tmp", "experiments", "workspaces"):
                 (self.root / sub).mkdir(exist_ok=True)
+            self._clean_stale_tmp()
             marker = self.root / "store.json"
             if not marker.exists():
                 self._write_json(marker, {"format": STORE_FORMAT})
@@ -276,6 +292,22 @@ class Store:
             raise StoreError(f"cannot use store directory {self.root}: {exc}") from None
         except ValueError as exc:
             raise StoreError(f"{self.root}/store.json is corrupt: {exc}") from None
+
+    def _clean_stale_tmp(self, now: float | None = None) -> None:
+        """Delete temp files of dead writers, and any older than STALE_TMP_SECONDS."""
+        now = time.time() if now is None else now
+        for entry in os.scandir(self.root / "tmp"):
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue  # its writer just renamed or removed it
+            pid_text = entry.name.partition(".")[0]
+            dead = pid_text.isdigit() and not _pid_alive(int(pid_text))
+            if dead or age > STALE_TMP_SECONDS:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                logger.info("store: removed stale temp file %s (%s)", entry.name,
+                            "its writer is gone" if dead else f"{age:.0f}s old")
 
     @contextlib.contextmanager
     def _write_lock(self) -> Iterator[None]:
@@ -289,7 +321,8 @@ class Store:
             os.close(fd)
 
     def _tmp_path(self, hint: str) -> Path:
-        return self.root / "tmp" / f"{uuid.uuid4().hex}.{hint}"
+        # The pid lets the next store open tell a dead writer's leftovers from live work.
+        return self.root / "tmp" / f"{os.getpid()}.{uuid.uuid4().hex}.{hint}"
 
     def _write_json(self, path: Path, obj: Any) -> None:
         tmp = self._tmp_path("json")
@@ -327,7 +360,8 @@ class Store:
                     size = len(data)
                 else:
                     assert source.path is not None
-                    size = self._copy_file(source.logical_path, Path(source.path), out, digest)
+                    size = self._copy_file(source.logical_path, Path(source.path), out, digest,
+                                           no_follow=source.no_follow)
                 out.flush()
                 os.fsync(out.fileno())
             sha = digest.hexdigest()
@@ -343,11 +377,14 @@ class Store:
                 tmp.unlink()
 
     @staticmethod
-    def _copy_file(logical: str, path: Path, out: Any, digest: Any) -> int:
+    def _copy_file(logical: str, path: Path, out: Any, digest: Any, *, no_follow: bool) -> int:
+        flags = os.O_RDONLY | os.O_NONBLOCK | (os.O_NOFOLLOW if no_follow else 0)
         try:
             # O_NONBLOCK so that a FIFO cannot hang us before the S_ISREG check.
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            fd = os.open(path, flags)
         except OSError as exc:
+            if exc.errno == errno.ELOOP and no_follow:
+                raise StoreError(f"asset {logical!r}: {path} became a symbolic link") from None
             raise StoreError(f"asset {logical!r}: cannot read {path}: {exc.strerror}") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
@@ -519,37 +556,92 @@ class Store:
         return version
 
     def add_directory(
-        self, workspace: str, name: str, source_dir: Path, **kwargs: Any
+        self,
+        workspace: str,
+        name: str,
+        source_dir: Path,
+        *,
+        follow_symlinks: bool = False,
+        outside_symlinks: bool = False,
+        **kwargs: Any,
     ) -> str:
-        """Add every regular file under `source_dir` (sorted, posix relative paths)."""
+        """Add every regular file under `source_dir` (sorted, posix relative paths).
+
+        A symbolic link anywhere in the tree is refused (nothing is added, the error names
+        the link) unless `follow_symlinks`: then a link to a file adds the target's bytes under
+        the link's path and a link to a directory is walked. Even then a link whose target
+        resolves outside `source_dir` is refused unless `outside_symlinks` is also set, so
+        only an explicit second opt-in can pull in files like /etc/passwd.
+        """
         source_dir = Path(source_dir)
         if not source_dir.is_dir():
             raise StoreError(f"source directory {source_dir} does not exist or is not a directory")
+        root = Path(os.path.realpath(source_dir))
         sources: list[AssetSource] = []
-
-        def walk_error(exc: OSError) -> None:
-            raise StoreError(f"cannot read {exc.filename}: {exc.strerror}")
-
-        for dirpath, dirnames, filenames in os.walk(source_dir, onerror=walk_error):
-            dirnames.sort()
-            for fname in sorted(filenames):
-                full = Path(dirpath) / fname
-                try:
-                    mode = full.lstat().st_mode
-                except OSError as exc:
-                    raise StoreError(f"cannot stat {full}: {exc.strerror}") from None
-                if stat.S_ISLNK(mode):
-                    try:
-                        mode = full.stat().st_mode
-                    except OSError:
-                        raise StoreError(f"{full} is a dangling symlink") from None
-                if not stat.S_ISREG(mode):
-                    raise StoreError(f"{full} is not a regular file (special files are refused)")
-                sources.append(
-                    AssetSource(full.relative_to(source_dir).as_posix(), path=full)
-                )
+        self._collect(source_dir, "", root, (root,), sources,
+                      follow=follow_symlinks, outside=outside_symlinks)
         sources.sort(key=lambda s: s.logical_path)
         return self.add_version(workspace, name, sources, **kwargs)
+
+    @classmethod
+    def _collect(
+        cls,
+        directory: Path,
+        prefix: str,
+        root: Path,
+        chain: tuple[Path, ...],
+        out: list[AssetSource],
+        *,
+        follow: bool,
+        outside: bool,
+    ) -> None:
+        """Walk one directory into `out`; `chain` holds the real paths being walked (loops)."""
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            raise StoreError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        for entry in entries:
+            full = Path(entry.path)
+            logical = prefix + entry.name
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                raise StoreError(f"cannot stat {full}: {exc.strerror}") from None
+            target = full
+            if stat.S_ISLNK(mode):
+                target, mode = cls._follow_link(full, root, follow=follow, outside=outside)
+            if stat.S_ISDIR(mode):
+                real = Path(os.path.realpath(target))
+                if real in chain:
+                    raise StoreError(f"{full} leads back into {real}: a symlink loop")
+                cls._collect(full, logical + "/", root, (*chain, real), out,
+                             follow=follow, outside=outside)
+            elif stat.S_ISREG(mode):
+                out.append(AssetSource(logical, path=target, no_follow=True))
+            else:
+                raise StoreError(f"{full} is not a regular file (special files are refused)")
+
+    @staticmethod
+    def _follow_link(full: Path, root: Path, *, follow: bool, outside: bool) -> tuple[Path, int]:
+        """(resolved target, its mode) of a link the options allow; StoreError otherwise."""
+        try:
+            link = os.readlink(full)
+        except OSError as exc:
+            raise StoreError(f"cannot read symlink {full}: {exc.strerror}") from None
+        if not follow:
+            raise StoreError(
+                f"{full} is a symbolic link (to {link}); nothing was added. Remove it, or pass "
+                f"--follow-symlinks to copy what it points to")
+        target = Path(os.path.realpath(full))
+        if not outside and not target.is_relative_to(root):
+            raise StoreError(
+                f"{full} is a symbolic link to {target}, outside the source directory; "
+                f"nothing was added (pass --outside-symlinks as well to copy it anyway)")
+        try:
+            mode = target.stat().st_mode
+        except OSError:
+            raise StoreError(f"{full} is a dangling symlink (to {link})") from None
+        return target, mode
 
     def move_alias(self, workspace: str, name: str, alias: str, version: str) -> None:
         """Point `alias` at `version` of workspace/name, taking it off any other version."""
@@ -589,6 +681,62 @@ class Store:
             vrec["tags"] = list(tag_list)
             self._write_json(vfile, vrec)
             self._bump_generation()
+
+    def set_version_metadata(
+        self, workspace: str, name: str, version: str, metadata: Mapping[str, Any]
+    ) -> None:
+        """Replace a version's metadata (a JSON object)."""
+        meta = _check_metadata("version", metadata)
+        with self._write_lock():
+            vfile, vrec = self._existing_version(workspace, name, version)
+            vrec["metadata"] = meta
+            self._write_json(vfile, vrec)
+            self._bump_generation()
+
+    def delete_version(self, workspace: str, name: str, version: str) -> None:
+        """Delete a committed version and the aliases on it (blobs stay: others may share them).
+
+        Deleting the last version makes the artifact disappear from listings.
+        """
+        with self._write_lock():
+            art_file = self._existing_artifact_file(workspace, name)
+            art = _read_json(art_file)
+            if version not in art["versions"]:
+                raise StoreError(f"{workspace}/{name} has no version {version}")
+            art["versions"] = [v for v in art["versions"] if v != version]
+            art["aliases"] = {a: v for a, v in art["aliases"].items() if v != version}
+            self._write_json(art_file, art)  # the commit point
+            self._bump_generation()
+            with contextlib.suppress(FileNotFoundError):
+                (art_file.parent / "versions" / f"{version}.json").unlink()
+
+    def replace_asset_bytes(
+        self, workspace: str, name: str, version: str, logical_path: str, data: bytes
+    ) -> str:
+        """Give an asset new bytes under the same asset id (a backend that changed content).
+
+        Returns the asset id. The size follows `data`; pass bytes of the same length to model
+        content changed behind an unchanged listing.
+        """
+        sha, size = self._put_blob(AssetSource(logical_path, data=data))
+        with self._write_lock():
+            vfile, vrec = self._existing_version(workspace, name, version)
+            for rec in vrec["assets"]:
+                if rec["fileName"] == logical_path and not rec["remote"]:
+                    rec["sha256"], rec["fileSize"] = sha, size
+                    self._write_json(vfile, vrec)
+                    self._bump_generation()
+                    return str(rec["assetId"])
+        raise StoreError(f"{workspace}/{name} {version} has no stored asset {logical_path!r}")
+
+    def _existing_version(
+        self, workspace: str, name: str, version: str
+    ) -> tuple[Path, dict[str, Any]]:
+        art_file = self._existing_artifact_file(workspace, name)
+        if version not in _read_json(art_file)["versions"]:
+            raise StoreError(f"{workspace}/{name} has no version {version}")
+        vfile = art_file.parent / "versions" / f"{version}.json"
+        return vfile, _read_json(vfile)
 
     def _existing_artifact_file(self, workspace: str, name: str) -> Path:
         _check_name("workspace", workspace)
@@ -699,3 +847,15 @@ class Store:
             tags=tuple(art["tags"]), created_ms=art["created"], versions=tuple(versions),
         )
 
+
+def _pid_alive(pid: int) -> bool:
+    """False only when no process has that pid (a live one we may not signal counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
