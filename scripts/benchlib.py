@@ -7,6 +7,7 @@ here is registered with a `Cleanup`, stopped by its pid (never by name), and the
 exits by itself when its stdin closes, so it cannot outlive the benchmark.
 
     python scripts/benchlib.py serve --store DIR --mode range|stream|redirect --request-log F
+        [--latency SECONDS]
 """
 
 from __future__ import annotations
