@@ -8,7 +8,7 @@ DEMO_DIR := .demo
 DEMO_PORT ?= 18777
 MNT := mnt
 
-.PHONY: sysdeps venv test lint demo demo-stop bench clean
+.PHONY: sysdeps venv test lint demo demo-stop bench bench-deps clean
 
 sysdeps:
 	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null; then \
@@ -37,8 +37,16 @@ demo: venv
 demo-stop:
 	DEMO_DIR=$(DEMO_DIR) DEMO_PORT=$(DEMO_PORT) MNT=$(MNT) BIN=$(BIN) scripts/demo.sh stop
 
-bench: venv
-	$(BIN)/python scripts/bench.py
+# The peers of the comparison: nginx serves the same bytes to `rclone mount :http:`.
+bench-deps:
+	@if ! command -v rclone >/dev/null || ! command -v nginx >/dev/null || ! command -v curl >/dev/null; then \
+		echo "installing rclone nginx curl with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone nginx curl >/dev/null; \
+	fi
+
+# Writes docs/benchmarks.md, bench-results/latest.json and bench-results/ratios.png.
+bench: venv bench-deps
+	PYTHONPATH=src $(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean: demo-stop
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

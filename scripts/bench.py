@@ -1,52 +1,30 @@
 #!/usr/bin/env python3
-"""cometfs benchmarks (`make bench`): a real mount read side by side with direct downloads.
+"""cometfs benchmarks (`make bench`): the published side-by-side comparison (docs/benchmarks.md).
 
-What runs: one throw-away store (a 256 MiB random asset, a version of 5,000 small files in
-100 dirs x 50, and a 512 MiB asset for the memory check), one local Comet server process per
-byte mode (range: 206 answers; stream: `--no-range`, Range ignored; redirect: 302 to a blob
-URL), and `cometfs mount` processes reading from them. The server never runs in this process
-(FUSE reads and mmap faults hold the GIL: a shared process can deadlock); this process reads
-through the mount with plain Python reads and downloads with `requests` for the baseline.
+Every contender runs in the same process tree, on the same bytes, in one run: a cometfs
+mount of the local server (a child process per byte mode: range, stream = `--no-range`,
+redirect), direct `curl` and `requests` GETs against that server, `rclone mount :http:`
+(default and `--vfs-cache-mode full`) over nginx serving hard links of the server's blob files,
+and the comet_ml SDK's `Artifact.download()`. Before every cold run, for every contender, the
+page cache is dropped (`sync; echo 3 > drop_caches`) after its mount is up, and cache dirs are
+fresh; repeats are interleaved (the order of the contenders rotates each repeat) and each
+figure is the median, with min/max kept in the JSON. WAN rows add 25 ms per request: a delay
+fault on every endpoint of the local server, and a delaying TCP proxy in front of nginx.
 
-Benchmarks (`--only NAME`, repeatable or comma-separated):
+Rows (the issue 6 table): 1,000 small files (4-64 KiB) cold with 8 reader threads and one
+reader (`cat` all; `cp -r`), the same with 25 ms per request, cold sequential 1 GiB (Range and
+`--no-range`), re-read from the disk cache after a remount, time to first byte, 1,000 random
+4 KiB reads (1 and 8 threads, with bytes fetched per byte read), peak RSS streaming 4 GiB,
+`cp -r` of a 200-file 500 MiB version vs the SDK, `find` / `ls -lR` of 10,000 assets, and
+CPU-s/GiB of the mount process.
 
-  seq     cold sequential read of the 256 MiB asset (fresh mount, empty cache dir, 1 MiB
-          reads) vs a direct `requests` download of the same bytes (iter_content 1 MiB), for
-          each byte mode. ratio = mount / direct throughput (1.0 = as fast as downloading).
-  warm    re-reads after a cold read: the kernel page cache (same mount, keep_cache), the
-          mount's own memory + disk cache (same mount after drop_caches), and the disk cache
-          (a fresh mount on the same --cache-dir after drop_caches). ratio = warm / cold
-          throughput; the cold read here also starts after drop_caches. Warm reads should
-          send 0 asset requests.
-  random  500 4 KiB reads at random 4 KiB-aligned offsets of the 256 MiB asset, cold (fresh
-          mount, empty cache) vs 4 KiB Range requests straight to the server. ratio = mount /
-          direct latency (p50, p99); amplification = bytes the server sent / bytes read.
-  meta    `ls -lR` and `find` over the 5,000-file version, cold (fresh mount) and warm (again)
-          vs the same tree on local disk. ratio = mount / local time; notes count the server
-          requests (a handful of listings, never one per file).
-  small   read all 5,000 small files (Python open/read, sorted by path) cold (fresh mount,
-          empty cache) and warm (second pass) vs direct get-asset downloads of the same files
-          with one requests.Session. ratio = mount / direct files per second.
-  memory  peak RSS (VmHWM) of the mount process after a sequential read of the 256 MiB asset
-          (per byte mode, from `seq` when it ran) and of a 512 MiB asset (2x the reader's
-          256 MiB memory budget). ratio = peak / (RSS right after mounting + memory budget):
-          about 1 or below means memory is bounded by the budget, not by the asset size.
+    .venv/bin/python scripts/bench.py [--quick | --smoke] [--repeat N] [--output FILE]
 
-`--read-ahead-kb N` overrides the kernel readahead of each mount (cometfs raises it to
-1024 KiB itself where it may; the kernel default caps read requests at 128 KiB).
-
-How to read it: every A/B pair is measured interleaved within one run (A then B, then B then
-A, ...) and each number is the median of the repeats; the ratio is the ratio of the medians.
-Ratios are what to compare across machines and runs (this machine is shared and noisy);
-absolute numbers are context. Each table row says which way is better.
-
-    .venv/bin/python scripts/bench.py [--quick] [--only seq,small] [--repeat N]
-        [--size-mib 256] [--random-reads 500] [--read-ahead-kb KIB]
-
-Results: a table on stdout and bench-results/latest.json (per-repeat samples, server request
-counts, mount cache counters). Progress goes to stderr. Needs /dev/fuse and fusermount3;
-`drop_caches` needs root (without it the drop_caches variants are skipped). Every mount and
-server is stopped at the end, also on error or Ctrl-C.
+`--quick`: smaller sizes, 2 repeats. `--smoke`: seconds; cometfs against direct GETs only,
+no docs written (tests/test_bench_smoke.py). Runs on the main thread (plus reader threads);
+servers, mounts, nginx, the proxy and rclone are child processes, all stopped at the end,
+also on error or Ctrl-C. Needs root (drop_caches, nginx), /dev/fuse, curl; rclone and nginx
+for the peer rows (`make bench-deps`).
 """
 
 from __future__ import annotations
@@ -58,6 +36,7 @@ import datetime
 import json
 import os
 import platform
+import queue
 import random
 import secrets
 import shutil
@@ -65,25 +44,37 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 
+from bench_peers import (
+    DelayProxy,
+    Nginx,
+    PeakSampler,
+    RcloneMount,
+    curl_config,
+    curl_ttfb,
+    link_tree,
+    run_curl,
+    sdk_download,
+)
+from bench_report import Result, chart, markdown
 from benchlib import (
-    ASSET_ENDPOINTS,
-    MODES,
     Cleanup,
     MountProc,
     ServerProc,
     asset_params,
-    download,
     drop_page_cache,
     median,
-    percentile,
+    proc_cpu_seconds,
     read_sequential,
     summarize_requests,
     watchdog,
@@ -92,10 +83,13 @@ from cometfs.server import AssetSource, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
-BENCHES = ("seq", "warm", "random", "meta", "small", "memory")
+DOCS = ROOT / "docs" / "benchmarks.md"
 WS = "bench"
+VERSION = "1.0.0"
 MiB = 1 << 20
-PHASE_TIMEOUT = 300.0  # any single read phase; past it the watchdog kills the mount
+GiB = 1 << 30
+LATENCY = 0.025
+PHASE_TIMEOUT = 600.0
 
 
 def log(msg: str) -> None:
@@ -103,23 +97,32 @@ def log(msg: str) -> None:
 
 
 @dataclass
-class Row:
-    name: str
-    a: float
-    a_unit: str
-    b: float
-    b_unit: str
-    meaning: str
-    notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+class Sizes:
+    repeat: int
+    small_files: int
+    big_mib: int
+    huge_mib: int  # 0: no RSS rows
+    version_files: int  # the cp -r vs SDK version (2.5 MiB each); 0: skipped
+    meta_files: int
+    random_reads: int
+    ttfb_samples: int
 
-    @property
-    def ratio(self) -> float:
-        return self.a / self.b if self.b else float("nan")
+
+def sizes_for(args: argparse.Namespace) -> Sizes:
+    if args.smoke:
+        s = Sizes(1, 60, 16, 0, 0, 0, 40, 1)
+    elif args.quick:
+        s = Sizes(2, 300, 256, 1024, 40, 2000, 300, 3)
+    else:
+        s = Sizes(3, 1000, 1024, 4096, 200, 10_000, 1000, 5)
+    if args.repeat:
+        s.repeat = args.repeat
+    return s
 
 
 @dataclass
 class Asset:
+    rel: str  # artifact/logical path, as nginx serves it
     logical: str
     asset_id: str
     version_id: str
@@ -127,574 +130,725 @@ class Asset:
     blob: Path
 
 
-@dataclass
-class Data:
-    big: Asset
-    huge: Asset | None
-    small: list[tuple[Asset, bytes]]
-    small_local: Path
+def stats(values: Sequence[float]) -> dict[str, Any]:
+    return {"median": median(values), "min": min(values, default=float("nan")),
+            "max": max(values, default=float("nan")), "samples": list(values)}
 
 
-def fmt(value: float, unit: str) -> str:
-    if value != value:  # nan
-        return "n/a"
-    if abs(value) >= 100:
-        return f"{value:.0f} {unit}"
-    if abs(value) >= 10:
-        return f"{value:.1f} {unit}"
-    return f"{value:.3g} {unit}"
-
-
-def random_file(path: Path, size: int, *, repeat_block: bool) -> None:
-    block = os.urandom(4 * MiB) if repeat_block else b""
-    with open(path, "wb") as f:
-        left = size
-        while left > 0:
-            n = min(left, 4 * MiB)
-            f.write(block[:n] if repeat_block else os.urandom(n))
-            left -= n
+def spread(values: Sequence[float], unit: str) -> str:
+    if len(values) < 2:
+        return ""
+    return f"{min(values):.3g}–{max(values):.3g} {unit}"
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, workdir: Path, cleanup: Cleanup) -> None:
+    def __init__(self, args: argparse.Namespace, sizes: Sizes, work: Path,
+                 cleanup: Cleanup) -> None:
         self.args = args
-        self.work = workdir
+        self.sz = sizes
+        self.work = work
         self.cleanup = cleanup
         self.key = secrets.token_hex(16)
-        home = workdir / "home"
+        home = work / "home"
         home.mkdir()
         self.env = {**os.environ, "COMET_API_KEY": self.key, "HOME": str(home),
                     "COMET_ERROR_TRACKING_ENABLE": "false"}
-        for name in ("COMET_URL_OVERRIDE", "COMET_CONFIG", "COMET_WORKSPACE"):
+        for name in ("COMET_URL_OVERRIDE", "COMET_CONFIG", "COMET_WORKSPACE", "COMET_INI"):
             self.env.pop(name, None)
         self.auth = {"Authorization": self.key}
-        self.servers: dict[str, ServerProc] = {}
+        self.peers = not args.smoke
+        self.servers: dict[tuple[str, float], ServerProc] = {}
         self.mounts: list[MountProc] = []
-        self.rows: list[Row] = []
-        self.seq_memory: dict[str, list[dict[str, float]]] = {}
-        self.drop_ok: bool | None = None
-        self.data = self._build_store()
+        self.results: list[Result] = []
+        self.n = 0
+        self.assets: dict[str, list[Asset]] = {}
+        self._build_store()
+        self.nginx: Nginx | None = None
+        self.proxy: DelayProxy | None = None
+        if self.peers:
+            docroot = work / "www"
+            link_tree({a.rel: a.blob for group in self.assets.values() for a in group},
+                      docroot)
+            self.nginx = Nginx(docroot, work / "nginx", cleanup).start()
+            self.proxy = DelayProxy(self.nginx.port, LATENCY, work, cleanup).start()
 
-    # -- setup -----------------------------------------------------------------------------
+    # -- data -------------------------------------------------------------------------------
 
-    def _build_store(self) -> Data:
-        args = self.args
+    def _build_store(self) -> None:
         t0 = time.perf_counter()
         store = Store(self.work / "store")
         src = self.work / "src"
         src.mkdir()
-        big_file = src / "big.bin"
-        random_file(big_file, args.size_mib * MiB, repeat_block=False)
-        store.add_version(WS, "big", [AssetSource("big.bin", path=big_file)], version="1.0.0")
-        big_file.unlink()
-        if args.huge_mib:
-            huge_file = src / "huge.bin"
-            random_file(huge_file, args.huge_mib * MiB, repeat_block=True)
-            store.add_version(WS, "huge", [AssetSource("huge.bin", path=huge_file)],
-                              version="1.0.0")
-            huge_file.unlink()
-        rng = random.Random(42)
-        local = src / "small"
-        sources = []
-        for d in range(args.dirs):
-            (local / f"d{d:03d}").mkdir(parents=True)
-            for i in range(args.files_per_dir):
-                logical = f"d{d:03d}/f{i:03d}.bin"
-                content = rng.randbytes(rng.randint(512, 16 * 1024))
-                (local / logical).write_bytes(content)
-                sources.append(AssetSource(logical, data=content))
-        store.add_version(WS, "small", sources, version="1.0.0")
+        rng = random.Random(6)
+        sz = self.sz
+
+        def add(name: str, sources: list[AssetSource]) -> None:
+            store.add_version(WS, name, sources, version=VERSION)
+
+        def big_file(path: Path, size: int, *, repeat: bool) -> None:
+            block = os.urandom(4 * MiB)
+            with open(path, "wb") as f:
+                for off in range(0, size, 4 * MiB):
+                    n = min(4 * MiB, size - off)
+                    f.write(block[:n] if repeat else os.urandom(n))
+
+        per_dir = 100
+        add("small", [AssetSource(f"d{i // per_dir:02d}/f{i:04d}.bin",
+                                  data=rng.randbytes(rng.randint(4 << 10, 64 << 10)))
+                      for i in range(sz.small_files)])
+        path = src / "big.bin"
+        big_file(path, sz.big_mib * MiB, repeat=False)
+        add("big", [AssetSource("big.bin", path=path)])
+        path.unlink()
+        if sz.huge_mib:
+            path = src / "huge.bin"
+            big_file(path, sz.huge_mib * MiB, repeat=True)
+            add("huge", [AssetSource("huge.bin", path=path)])
+            path.unlink()
+        if sz.version_files:
+            block = os.urandom(5 * MiB)
+            add("version", [AssetSource(f"part-{i:03d}.bin",
+                                        data=block[i % MiB : i % MiB + 5 * MiB // 2])
+                            for i in range(sz.version_files)])
+        if sz.meta_files:
+            add("many", [AssetSource(f"d{i // 100:03d}/a{i:05d}.txt", data=b"%d\n" % i)
+                         for i in range(sz.meta_files)])
         snap = store.snapshot()
+        for name, art in snap.artifacts[WS].items():
+            ver = art.versions[0]
+            self.assets[name] = sorted(
+                (Asset(f"{name}/{a.file_name}", a.file_name, a.asset_id, ver.version_id,
+                       a.file_size, snap.blob_path(a.sha256 or "")) for a in ver.assets),
+                key=lambda a: a.logical)
+        log(f"store built in {time.perf_counter() - t0:.0f}s")
 
-        def assets(name: str) -> list[Asset]:
-            ver = snap.artifacts[WS][name].versions[0]
-            return [Asset(a.file_name, a.asset_id, ver.version_id, a.file_size,
-                          snap.blob_path(a.sha256 or "")) for a in ver.assets]
+    # -- contenders ----------------------------------------------------------------------------
 
-        contents = {s.logical_path: s.data or b"" for s in sources}
-        small = sorted(((a, contents[a.logical]) for a in assets("small")),
-                       key=lambda item: item[0].logical)
-        log(f"store: {args.size_mib} MiB asset, {len(small)} small files"
-            + (f", {args.huge_mib} MiB asset" if args.huge_mib else "")
-            + f" in {time.perf_counter() - t0:.1f}s")
-        return Data(assets("big")[0], assets("huge")[0] if args.huge_mib else None, small,
-                    local)
+    def server(self, mode: str, latency: float = 0.0) -> ServerProc:
+        if (mode, latency) not in self.servers:
+            self.servers[(mode, latency)] = ServerProc(
+                self.work / "store", mode, self.work, self.env, self.cleanup,
+                latency=latency).start()
+        return self.servers[(mode, latency)]
 
-    def server(self, mode: str) -> ServerProc:
-        if mode not in self.servers:
-            self.servers[mode] = ServerProc(self.work / "store", mode, self.work, self.env,
-                                            self.cleanup).start()
-        return self.servers[mode]
+    def _next(self) -> int:
+        self.n += 1
+        return self.n
 
-    def mount(self, mode: str, cache_dir: Path | None = None) -> MountProc:
-        n = len(self.mounts)
-        m = MountProc(self.work / f"mnt{n}", self.server(mode).url,
+    @contextlib.contextmanager
+    def cometfs(self, mode: str = "range", latency: float = 0.0,
+                cache_dir: Path | None = None) -> Iterator[MountProc]:
+        """A fresh mount (fresh cache dir unless given), page cache dropped once it is up."""
+        n = self._next()
+        m = MountProc(self.work / f"mnt{n}", self.server(mode, latency).url,
                       cache_dir or self.work / f"cache{n}", self.work / f"mount{n}.log",
                       self.env, self.cleanup, discard_cache=cache_dir is None)
         self.mounts.append(m)
-        m.start()
-        if self.args.read_ahead_kb:
-            m.set_read_ahead_kb(self.args.read_ahead_kb)
-        return m
+        try:
+            m.start()
+            drop_page_cache()
+            with watchdog(PHASE_TIMEOUT, lambda: [m], f"cometfs mount {n}"):
+                yield m
+        finally:
+            m.stop()
 
     @contextlib.contextmanager
-    def guarded(self, m: MountProc, what: str) -> Iterator[None]:
-        with watchdog(PHASE_TIMEOUT, lambda: [m], what):
-            yield
+    def rclone(self, full: bool = False, latency: bool = False,
+               cache_dir: Path | None = None) -> Iterator[RcloneMount]:
+        assert self.nginx is not None and self.proxy is not None
+        n = self._next()
+        cache = cache_dir or self.work / f"rcache{n}"
+        r = RcloneMount(self.work / f"rmnt{n}", self.proxy.url if latency else self.nginx.url,
+                        cache, self.work / f"rclone{n}.log", self.cleanup, full_cache=full)
+        try:
+            r.start()
+            drop_page_cache()
+            yield r
+        finally:
+            r.stop()
+            if cache_dir is None:
+                shutil.rmtree(cache, ignore_errors=True)
 
-    def asset_url(self, mode: str) -> str:
-        return self.server(mode).url + "/api/rest/v2/experiment/asset/get-asset"
+    def cometfs_root(self, m: MountProc, artifact: str) -> Path:
+        return m.path / WS / artifact / VERSION
 
-    def drop(self) -> bool:
-        ok = drop_page_cache()
-        if self.drop_ok is None and not ok:
-            log("drop_caches is not permitted here: drop_caches variants are skipped")
-        self.drop_ok = ok if self.drop_ok is None else self.drop_ok and ok
-        return ok
+    def url(self, mode: str, latency: float = 0.0) -> str:
+        return self.server(mode, latency).url + "/api/rest/v2/experiment/asset/get-asset"
 
-    def order(self, rep: int, a: Callable[[], None], b: Callable[[], None]) -> None:
-        """Interleave: A then B on even repeats, B then A on odd ones."""
-        for step in ((a, b) if rep % 2 == 0 else (b, a)):
-            step()
+    def asset_url(self, a: Asset, mode: str = "range", latency: float = 0.0) -> str:
+        params = asset_params(a.asset_id, a.version_id, allow301=mode == "redirect")
+        return self.url(mode, latency) + "?" + urlencode(params)
+
+    def interleave(self, contenders: dict[str, Callable[[], Any]]) -> dict[str, list[Any]]:
+        """Run every contender `repeat` times, rotating the order each repeat."""
+        out: dict[str, list[Any]] = {k: [] for k in contenders}
+        names = list(contenders)
+        for rep in range(self.sz.repeat):
+            shift = rep % len(names)
+            for name in names[shift:] + names[:shift]:
+                out[name].append(contenders[name]())
+            log(f"  repeat {rep + 1}/{self.sz.repeat}: " + ", ".join(
+                f"{k} {v[-1]:.3g}" if isinstance(v[-1], float) else k for k, v in out.items()))
+        return out
+
+    def add(self, r: Result) -> None:
+        self.results.append(r)
+
+    # -- readers (same code for every mount) ------------------------------------------------
 
     @staticmethod
-    def asset_path(m: MountProc, artifact: str, asset: Asset) -> Path:
-        return m.path / WS / artifact / "1.0.0" / asset.logical
+    def read_parallel(root: Path, files: Sequence[Asset], threads: int) -> float:
+        """Read each file whole, `threads` workers taking the next file in listing order
+        (a DataLoader without shuffle); sizes are checked. Returns seconds."""
+        todo: queue.SimpleQueue[Asset] = queue.SimpleQueue()
+        for a in files:
+            todo.put(a)
+        errors: list[str] = []
 
-    # -- 1. cold sequential read vs direct download, per byte mode --------------------------
+        def worker() -> None:
+            while True:
+                try:
+                    a = todo.get_nowait()
+                except queue.Empty:
+                    return
+                with open(root / a.logical, "rb", buffering=0) as f:
+                    n = len(f.read())
+                if n != a.size:
+                    errors.append(f"{a.logical}: {n} of {a.size} bytes")
+
+        t0 = time.perf_counter()
+        pool = [threading.Thread(target=worker) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        secs = time.perf_counter() - t0
+        if errors:
+            raise RuntimeError(f"short reads: {errors[:3]}")
+        return secs
+
+    @staticmethod
+    def cat_all(root: Path, files: Sequence[Asset]) -> float:
+        t0 = time.perf_counter()
+        subprocess.run(["cat", *[a.logical for a in files]], cwd=root, check=True,
+                       stdout=subprocess.DEVNULL, timeout=PHASE_TIMEOUT)
+        return time.perf_counter() - t0
+
+    def cp_r(self, root: Path) -> float:
+        dest = self.work / f"copy{self._next()}"
+        try:
+            t0 = time.perf_counter()
+            subprocess.run(["cp", "-r", str(root), str(dest)], check=True, timeout=PHASE_TIMEOUT)
+            return time.perf_counter() - t0
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
+
+    # -- 1. small files -----------------------------------------------------------------------
+
+    def bench_small(self) -> None:
+        files = self.assets["small"]
+        n = len(files)
+        total = sum(a.size for a in files)
+        srv = self.server("range")
+        reqs: list[dict[str, Any]] = []
+
+        def mount8() -> float:
+            with self.cometfs() as m:
+                mark = srv.mark()
+                secs = self.read_parallel(self.cometfs_root(m, "small"), files, 8)
+                reqs.append(summarize_requests(srv.entries_since(mark)))
+            return n / secs
+
+        def mount_cat() -> float:
+            with self.cometfs() as m:
+                return n / self.cat_all(self.cometfs_root(m, "small"), files)
+
+        def mount_cp() -> float:
+            with self.cometfs() as m:
+                return n / self.cp_r(self.cometfs_root(m, "small"))
+
+        cfg = curl_config(self.work / "small.curl", self.auth,
+                          [self.asset_url(a) for a in files])
+
+        def curl8() -> float:
+            drop_page_cache()
+            return n / run_curl(cfg, parallel=8)
+
+        def curl1() -> float:
+            drop_page_cache()
+            return n / run_curl(cfg)
+
+        def requests8() -> float:
+            drop_page_cache()
+            local = threading.local()
+
+            def get(a: Asset) -> None:
+                if not hasattr(local, "s"):
+                    local.s = requests.Session()
+                r = local.s.get(self.url("range"), params=asset_params(
+                    a.asset_id, a.version_id, allow301=False), headers=self.auth, timeout=60)
+                if r.status_code != 200 or len(r.content) != a.size:
+                    raise RuntimeError(f"direct GET {a.logical}: {r.status_code}")
+
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(get, files))
+            return n / (time.perf_counter() - t0)
+
+        contenders: dict[str, Callable[[], Any]] = {
+            "cometfs 8": mount8, "curl 8": curl8, "requests 8": requests8}
+        if self.peers:
+            contenders |= {"cometfs cat": mount_cat, "cometfs cp": mount_cp, "curl 1": curl1}
+
+            def rclone8() -> float:
+                with self.rclone() as r:
+                    return n / self.read_parallel(r.path / "small", files, 8)
+
+            def rclone_cat() -> float:
+                with self.rclone() as r:
+                    return n / self.cat_all(r.path / "small", files)
+
+            def rclone_cp() -> float:
+                with self.rclone() as r:
+                    return n / self.cp_r(r.path / "small")
+
+            contenders |= {"rclone 8": rclone8, "rclone cat": rclone_cat,
+                           "rclone cp": rclone_cp}
+        s = self.interleave(contenders)
+        med = {k: median(v) for k, v in s.items()}
+        what = f"{n} small files ({total / MiB:.0f} MiB, 4–64 KiB) cold"
+        direct_best = max(("curl 8", "requests 8"), key=lambda k: med[k])
+        req_note = (f"cometfs server requests per cold pass: {reqs[-1]['total']} "
+                    f"({reqs[-1]['by_endpoint']})")
+        if self.peers:
+            self.add(Result("small8_rclone", f"{what}, 8 reader threads", med["cometfs 8"],
+                            "files/s", "rclone mount (default)", med["rclone 8"],
+                            goal_text="≥ 1.0× rclone",
+                            notes=f"spread cometfs {spread(s['cometfs 8'], 'files/s')}, "
+                            f"rclone {spread(s['rclone 8'], 'files/s')}; {req_note}",
+                            samples=self._samples(s, "cometfs 8", "rclone 8")))
+        self.add(Result("small8_direct", f"{what}, 8 reader threads", med["cometfs 8"],
+                        "files/s", f"direct parallel GETs ({direct_best})", med[direct_best],
+                        goal=0.6, goal_text="≥ 0.6× direct parallel GETs",
+                        notes=f"curl --parallel-max 8: {med['curl 8']:.0f} files/s, requests "
+                        f"with 8 threads: {med['requests 8']:.0f} files/s; the faster is the "
+                        "peer",
+                        samples=self._samples(s, "cometfs 8", "curl 8", "requests 8")))
+        if self.peers:
+            for tool in ("cat", "cp"):
+                label = "`cat` all" if tool == "cat" else "`cp -r`"
+                self.add(Result(f"small1_{tool}_rclone", f"{what}, one reader ({label})",
+                                med[f"cometfs {tool}"], "files/s", "rclone mount (default)",
+                                med[f"rclone {tool}"], goal_text="≥ 1.0× rclone",
+                                notes=f"direct sequential curl: {med['curl 1']:.0f} files/s",
+                                samples=self._samples(s, f"cometfs {tool}",
+                                                      f"rclone {tool}", "curl 1")))
+
+    @staticmethod
+    def _samples(s: dict[str, list[Any]], *names: str) -> dict[str, Any]:
+        return {k: stats(s[k]) for k in names if k in s}
+
+    # -- 2. small files over a 25 ms WAN --------------------------------------------------
+
+    def bench_latency(self) -> None:
+        files = self.assets["small"]
+        n = len(files)
+
+        def mount8() -> float:
+            with self.cometfs(latency=LATENCY) as m:
+                return n / self.read_parallel(self.cometfs_root(m, "small"), files, 8)
+
+        def rclone8() -> float:
+            with self.rclone(latency=True) as r:
+                return n / self.read_parallel(r.path / "small", files, 8)
+
+        def sdk() -> float:
+            dest = self.work / f"sdk{self._next()}"
+            drop_page_cache()
+            try:
+                out = sdk_download(self.env, self.server("range", LATENCY).url, WS, "small",
+                                   VERSION, dest, self.work / "sdk.log")
+            finally:
+                shutil.rmtree(dest, ignore_errors=True)
+            if out["files"] != n:
+                raise RuntimeError(f"SDK downloaded {out['files']} of {n} files")
+            return n / float(out["seconds"])
+
+        s = self.interleave({"cometfs 8": mount8, "rclone 8": rclone8, "sdk": sdk})
+        med = {k: median(v) for k, v in s.items()}
+        what = f"{n} small files cold, 8 readers, +25 ms per request"
+        self.add(Result("lat8_rclone", what, med["cometfs 8"], "files/s",
+                        "rclone mount (default) via a 25 ms proxy", med["rclone 8"], goal=2.0,
+                        goal_text="≥ 2× rclone",
+                        notes="cometfs: delay fault of 25 ms on every server endpoint; rclone: "
+                        "a TCP proxy holding each request 25 ms in front of nginx",
+                        samples=self._samples(s, "cometfs 8", "rclone 8")))
+        self.add(Result("lat8_sdk", what, med["cometfs 8"], "files/s",
+                        "comet_ml SDK download()", med["sdk"], goal_text="≥ 1.0× SDK",
+                        notes="the SDK figure times download() only (not get_artifact)",
+                        samples=self._samples(s, "cometfs 8", "sdk")))
+
+    # -- 3. cold sequential, re-read, CPU -------------------------------------------------
+
+    def _cold_seq(self, m_path: Path, pid: int, size: int) -> tuple[float, float]:
+        """(MB/s, CPU-s/GiB of `pid`) of a sequential 1 MiB-read pass over one file."""
+        cpu0 = proc_cpu_seconds(pid)
+        t0 = time.perf_counter()
+        got = read_sequential(m_path)
+        secs = time.perf_counter() - t0
+        if got != size:
+            raise RuntimeError(f"read {got} of {size} bytes from {m_path}")
+        return size / secs / 1e6, (proc_cpu_seconds(pid) - cpu0) / size * GiB
 
     def bench_seq(self) -> None:
-        for mode in MODES:
-            self._seq_mode(mode)
+        big = self.assets["big"][0]
+        cpu: dict[str, list[float]] = {}
+        warm_dirs = {"cometfs": self.work / "warm-cometfs", "rclone": self.work / "warm-rclone"}
 
-    def _seq_mode(self, mode: str) -> None:
-        big = self.data.big
-        srv = self.server(mode)
-        mount_mbs: list[float] = []
-        direct_mbs: list[float] = []
-        reqs: list[dict[str, Any]] = []
-        memory: list[dict[str, float]] = []
-        cpu: dict[str, list[float]] = {"mount": [], "mount_server": [], "direct_client": [],
-                                       "direct_server": []}
+        def seq(mode: str) -> Callable[[], float]:
+            def run() -> float:
+                with self.cometfs(mode) as m:
+                    mbs, c = self._cold_seq(self.cometfs_root(m, "big") / big.logical, m.pid or 0,
+                                            big.size)
+                cpu.setdefault(f"cometfs {mode}", []).append(c)
+                return mbs
+            return run
 
-        def via_mount() -> None:
-            m = self.mount(mode)
-            try:
-                before = m.memory_kib()
-                mark = srv.mark()
-                cpu0 = m.cpu_seconds(), srv.cpu_seconds()
-                with self.guarded(m, f"seq read ({mode})"):
-                    t0 = time.perf_counter()
-                    n = read_sequential(self.asset_path(m, "big", big))
-                    secs = time.perf_counter() - t0
-                cpu["mount"].append((m.cpu_seconds() - cpu0[0]) / n * (1 << 30))
-                cpu["mount_server"].append((srv.cpu_seconds() - cpu0[1]) / n * (1 << 30))
-                if n != big.size:
-                    raise RuntimeError(f"mount read {n} of {big.size} bytes")
+        def cometfs_reread() -> float:
+            shutil.rmtree(warm_dirs["cometfs"], ignore_errors=True)
+            with self.cometfs(cache_dir=warm_dirs["cometfs"]) as m:
+                read_sequential(self.cometfs_root(m, "big") / big.logical)
                 m.wait_idle()
-                after = m.memory_kib()
-                budget = m.status()["cache"]["memory_budget"]
-                reqs.append(summarize_requests(srv.entries_since(mark)))
-                memory.append({"hwm_mib": after["VmHWM"] / 1024,
-                               "rss_before_mib": before["VmRSS"] / 1024,
-                               "budget_mib": budget / MiB})
-                mount_mbs.append(n / secs / 1e6)
-            finally:
-                m.stop()
+            with self.cometfs(cache_dir=warm_dirs["cometfs"]) as m:
+                mbs, _ = self._cold_seq(self.cometfs_root(m, "big") / big.logical, m.pid or 0,
+                                        big.size)
+            shutil.rmtree(warm_dirs["cometfs"], ignore_errors=True)
+            return mbs
 
-        def direct() -> None:
-            params = asset_params(big.asset_id, big.version_id, allow301=mode == "redirect")
-            with requests.Session() as s:
-                cpu0 = time.process_time(), srv.cpu_seconds()
+        def rclone_seq(full: bool) -> Callable[[], float]:
+            def run() -> float:
+                with self.rclone(full=full) as r:
+                    mbs, c = self._cold_seq(r.path / big.rel, r.pid, big.size)
+                cpu.setdefault(f"rclone {'full' if full else 'default'}", []).append(c)
+                return mbs
+            return run
+
+        def rclone_reread() -> float:
+            shutil.rmtree(warm_dirs["rclone"], ignore_errors=True)
+            with self.rclone(full=True, cache_dir=warm_dirs["rclone"]) as r:
+                read_sequential(r.path / big.rel)
+            with self.rclone(full=True, cache_dir=warm_dirs["rclone"]) as r:
+                mbs, _ = self._cold_seq(r.path / big.rel, r.pid, big.size)
+            shutil.rmtree(warm_dirs["rclone"], ignore_errors=True)
+            return mbs
+
+        def curl(mode: str) -> Callable[[], float]:
+            cfg = curl_config(self.work / f"big-{mode}.curl", self.auth,
+                              [self.asset_url(big, mode)])
+
+            def run() -> float:
+                drop_page_cache()
+                return big.size / run_curl(cfg) / 1e6
+            return run
+
+        contenders: dict[str, Callable[[], Any]] = {
+            "cometfs range": seq("range"), "curl range": curl("range"),
+            "cometfs stream": seq("stream"), "curl stream": curl("stream")}
+        if self.peers:
+            contenders |= {"rclone default": rclone_seq(False), "rclone full": rclone_seq(True),
+                           "cometfs reread": cometfs_reread, "rclone reread": rclone_reread}
+        s = self.interleave(contenders)
+        med = {k: median(v) for k, v in s.items()}
+        gib = f"{big.size / GiB:.3g} GiB" if big.size >= GiB else f"{big.size // MiB} MiB"
+        cpu_note = ", ".join(f"{k} {median(v):.2f}" for k, v in cpu.items())
+        for mode, label, rgoal, dgoal in (("range", "Range server", 1.5, 0.5),
+                                          ("stream", "`--no-range` server", 1.0, 0.0)):
+            what = f"cold sequential {gib}, {label}"
+            if self.peers:
+                self.add(Result(f"seq_{mode}_rclone", what, med[f"cometfs {mode}"], "MB/s",
+                                "rclone mount (default)", med["rclone default"], goal=rgoal,
+                                goal_text=f"≥ {rgoal:g}× rclone",
+                                notes=f"rclone --vfs-cache-mode full: {med['rclone full']:.0f} "
+                                f"MB/s; spread cometfs {spread(s[f'cometfs {mode}'], 'MB/s')}",
+                                samples=self._samples(s, f"cometfs {mode}", "rclone default",
+                                                      "rclone full")))
+            self.add(Result(f"seq_{mode}_direct", what, med[f"cometfs {mode}"], "MB/s",
+                            "direct curl GET", med[f"curl {mode}"], goal=dgoal,
+                            goal_on="ratio" if dgoal else "",
+                            goal_text=f"≥ {dgoal:g}× direct" if dgoal else "",
+                            samples=self._samples(s, f"cometfs {mode}", f"curl {mode}")))
+            peer_cpu = cpu.get("rclone default", [])
+            self.add(Result(f"cpu_{mode}", f"CPU of the mount process, {what}",
+                            median(cpu[f"cometfs {mode}"]), "CPU-s/GiB",
+                            "rclone mount (default)" if peer_cpu else "—", median(peer_cpu),
+                            goal_on="", notes=f"from /proc/PID/stat utime+stime: {cpu_note}",
+                            samples={k: stats(v) for k, v in cpu.items()}))
+        if self.peers:
+            self.add(Result("reread_rclone_full", f"re-read {gib} from the disk cache after "
+                            "remount", med["cometfs reread"], "MB/s",
+                            "rclone --vfs-cache-mode full, remounted", med["rclone reread"],
+                            goal=2.0, goal_text="≥ 2× rclone full",
+                            notes="page cache dropped after the remount; same cache dir",
+                            samples=self._samples(s, "cometfs reread", "rclone reread")))
+
+    # -- 4. time to first byte ---------------------------------------------------------------
+
+    def bench_ttfb(self) -> None:
+        big = self.assets["big"][0]
+        cfg = curl_config(self.work / "ttfb.curl", {**self.auth, "Range": "bytes=0-4095"},
+                          [self.asset_url(big)])
+
+        def mount() -> float:
+            with self.cometfs() as m:
+                path = self.cometfs_root(m, "big") / big.logical
+                os.stat(path)  # the listing is not what this row measures
+                drop_page_cache()
                 t0 = time.perf_counter()
-                n = download(s, self.asset_url(mode), params, self.auth)
-                secs = time.perf_counter() - t0
-                cpu["direct_client"].append((time.process_time() - cpu0[0]) / n * (1 << 30))
-                cpu["direct_server"].append((srv.cpu_seconds() - cpu0[1]) / n * (1 << 30))
-            if n != big.size:
-                raise RuntimeError(f"direct download got {n} of {big.size} bytes")
-            direct_mbs.append(n / secs / 1e6)
+                with open(path, "rb", buffering=0) as f:
+                    if len(f.read(4096)) != 4096:
+                        raise RuntimeError("short first read")
+                return (time.perf_counter() - t0) * 1e3
 
-        for rep in range(self.args.repeat):
-            self.order(rep, via_mount, direct)
-            log(f"seq [{mode}] {rep + 1}/{self.args.repeat}: mount {mount_mbs[-1]:.0f} "
-                f"MB/s, direct {direct_mbs[-1]:.0f} MB/s")
-        self.seq_memory[mode] = memory
-        endpoints = sorted({e for r in reqs for e in r["by_endpoint"] if e in ASSET_ENDPOINTS})
-        self.rows.append(Row(
-            f"seq cold {big.size // MiB}MiB [{mode}]", median(mount_mbs), "MB/s",
-            median(direct_mbs), "MB/s",
-            "mount/direct throughput (higher is better, 1 = parity)",
-            f"per mount read, server asset requests ({'+'.join(endpoints)}) "
-            f"{[r['asset_requests'] for r in reqs]} and MiB sent "
-            f"{[round(r['asset_bytes'] / MiB) for r in reqs]}; CPU s/GiB: "
-            f"mount process {median(cpu['mount']):.2f} + server "
-            f"{median(cpu['mount_server']):.2f}, direct: client "
-            f"{median(cpu['direct_client']):.2f} + server {median(cpu['direct_server']):.2f}",
-            {"mount_mbs": mount_mbs, "direct_mbs": direct_mbs, "requests": reqs,
-             "memory": memory, "cpu_s_per_gib": cpu},
-        ))
+        def direct() -> float:
+            drop_page_cache()
+            return curl_ttfb(cfg) * 1e3
 
-    # -- 2. warm re-reads vs the cold read ----------------------------------------------------
+        old, self.sz.repeat = self.sz.repeat, self.sz.ttfb_samples
+        try:
+            s = self.interleave({"cometfs": mount, "direct": direct})
+        finally:
+            self.sz.repeat = old
+        self.add(Result("ttfb", "time to first byte, cold (open + 4 KiB read)",
+                        median(s["cometfs"]), "ms", "direct ranged GET (curl, new connection)",
+                        median(s["direct"]), goal_op="<=", goal=3.0, goal_text="≤ 3×",
+                        notes=f"{self.sz.ttfb_samples} samples each; file stat-ed before the "
+                        "timer (listing excluded), curl's time_starttransfer includes connect",
+                        samples=self._samples(s, "cometfs", "direct")))
 
-    def bench_warm(self) -> None:
-        big, mode = self.data.big, "range"
-        srv = self.server(mode)
-        samples: dict[str, list[float]] = {"cold": [], "kernel": [], "cometfs": [], "disk": []}
-        reqs: dict[str, list[dict[str, Any]]] = {k: [] for k in samples}
-        cache_stats: dict[str, list[dict[str, int]]] = {k: [] for k in samples}
-
-        def timed_read(m: MountProc, phase: str, drop: bool) -> None:
-            if drop and not self.drop():
-                return
-            before = m.status()["cache"]
-            mark = srv.mark()
-            with self.guarded(m, f"warm read ({phase})"):
-                t0 = time.perf_counter()
-                n = read_sequential(self.asset_path(m, "big", big))
-                secs = time.perf_counter() - t0
-            if n != big.size:
-                raise RuntimeError(f"{phase} read {n} of {big.size} bytes")
-            m.wait_idle()
-            after = m.status()["cache"]
-            samples[phase].append(n / secs / 1e6)
-            reqs[phase].append(summarize_requests(srv.entries_since(mark)))
-            cache_stats[phase].append({k: after[k] - before[k] for k in (
-                "hits_memory", "hits_disk", "fetches", "bytes_fetched", "streams")})
-
-        raw_disk: list[float] = []
-        for rep in range(self.args.repeat):
-            if self.drop():  # context: the disk itself, reading the same bytes uncached
-                t0 = time.perf_counter()
-                n = read_sequential(big.blob)
-                raw_disk.append(n / (time.perf_counter() - t0) / 1e6)
-            cache = self.work / f"warm-cache{rep}"
-            m = self.mount(mode, cache)
-            try:
-                timed_read(m, "cold", drop=True)
-                if not samples["cold"]:  # no drop_caches: cold without it
-                    timed_read(m, "cold", drop=False)
-                timed_read(m, "kernel", drop=False)
-                timed_read(m, "cometfs", drop=True)
-            finally:
-                m.stop()
-            m = self.mount(mode, cache)
-            try:
-                timed_read(m, "disk", drop=True)
-                if len(samples["disk"]) <= rep:
-                    timed_read(m, "disk", drop=False)
-            finally:
-                m.stop()
-            log(f"warm {rep + 1}/{self.args.repeat}: " + ", ".join(
-                f"{k} {v[-1]:.0f} MB/s" for k, v in samples.items() if v))
-
-        labels = {
-            "kernel": "warm re-read, same mount (kernel page cache)",
-            "cometfs": "warm re-read, same mount, after drop_caches (cometfs caches)",
-            "disk": "warm read, new mount, same cache dir" + (
-                ", after drop_caches" if self.drop_ok else "") + " (disk cache)",
-        }
-        for phase, label in labels.items():
-            if not samples[phase]:
-                continue
-            asset_reqs = [r["asset_requests"] for r in reqs[phase]]
-            stats = cache_stats[phase][-1]
-            disk_note = (f"; for scale, a plain read of the same bytes from local disk after "
-                         f"drop_caches: {median(raw_disk):.0f} MB/s"
-                         if phase == "disk" and raw_disk else "")
-            self.rows.append(Row(
-                label, median(samples[phase]), "MB/s", median(samples["cold"]), "MB/s",
-                "warm/cold throughput (higher is better)",
-                f"server asset requests during warm read: max {max(asset_reqs)} over "
-                f"{len(asset_reqs)} repeats (should be 0); mount cache counters: {stats}"
-                + disk_note,
-                {"warm_mbs": samples[phase], "cold_mbs": samples["cold"],
-                 "requests": reqs[phase], "cache": cache_stats[phase],
-                 "raw_disk_mbs": raw_disk},
-            ))
-
-    # -- 3. random 4 KiB reads --------------------------------------------------------------
+    # -- 5. random 4 KiB reads ---------------------------------------------------------------
 
     def bench_random(self) -> None:
-        big, mode = self.data.big, "range"
-        srv = self.server(mode)
-        count, size = self.args.random_reads, 4096
-        m_p50: list[float] = []
-        m_p99: list[float] = []
-        d_p50: list[float] = []
-        d_p99: list[float] = []
-        fetched: list[int] = []
-        reqs: list[dict[str, Any]] = []
+        big = self.assets["big"][0]
+        rng = random.Random(4)
+        offsets = [rng.randrange(big.size // 4096) * 4096 for _ in range(self.sz.random_reads)]
         with open(big.blob, "rb") as f:
-            truth = f.read()
+            expected = {off: (f.seek(off), f.read(4096))[1] for off in offsets}
+        srv = self.server("range")
+        amp: list[float] = []
 
-        distinct: list[int] = []
-        for rep in range(self.args.repeat):
-            rng = random.Random(1000 + rep)
-            offsets = [rng.randrange(big.size // size) * size for _ in range(count)]
-            distinct.append(len({off // MiB for off in offsets}))
+        def run_reads(read: Callable[[int], bytes], threads: int) -> float:
+            def one(off: int) -> None:
+                if read(off) != expected[off]:
+                    raise RuntimeError(f"wrong bytes at offset {off}")
 
-            def via_mount(offsets: list[int] = offsets) -> None:
-                m = self.mount(mode)
-                try:
-                    lat: list[float] = []
-                    got: list[bytes] = []
+            t0 = time.perf_counter()
+            if threads == 1:
+                for off in offsets:
+                    one(off)
+            else:
+                with ThreadPoolExecutor(threads) as pool:
+                    list(pool.map(one, offsets))
+            return len(offsets) / (time.perf_counter() - t0)
+
+        def mount(threads: int) -> Callable[[], float]:
+            def run() -> float:
+                with self.cometfs() as m:
+                    path = self.cometfs_root(m, "big") / big.logical
+                    os.stat(path)
+                    fd = os.open(path, os.O_RDONLY)
                     mark = srv.mark()
-                    with self.guarded(m, "random reads"):
-                        fd = os.open(self.asset_path(m, "big", big), os.O_RDONLY)
-                        try:
-                            for off in offsets:
-                                t0 = time.perf_counter()
-                                got.append(os.pread(fd, size, off))
-                                lat.append(time.perf_counter() - t0)
-                        finally:
-                            os.close(fd)
-                    r = summarize_requests(srv.entries_since(mark))
-                finally:
-                    m.stop()
-                bad = sum(g != truth[o : o + size] for g, o in zip(got, offsets, strict=True))
-                if bad:
-                    raise RuntimeError(f"{bad} random reads through the mount returned wrong bytes")
-                reqs.append(r)
-                fetched.append(r["asset_bytes"])
-                m_p50.append(percentile(lat, 50) * 1e3)
-                m_p99.append(percentile(lat, 99) * 1e3)
+                    try:
+                        rate = run_reads(lambda off: os.pread(fd, 4096, off), threads)
+                    finally:
+                        os.close(fd)
+                    sent = summarize_requests(srv.entries_since(mark))["asset_bytes"]
+                    amp.append(sent / (4096 * len(offsets)))
+                return rate
+            return run
 
-            def direct(offsets: list[int] = offsets) -> None:
-                lat: list[float] = []
-                params = asset_params(big.asset_id, big.version_id, allow301=False)
-                url = self.asset_url(mode)
-                with requests.Session() as s:
-                    for off in offsets:
-                        headers = {**self.auth, "Range": f"bytes={off}-{off + size - 1}"}
-                        t0 = time.perf_counter()
-                        r = s.get(url, params=params, headers=headers, timeout=(5, 60))
-                        body = r.content
-                        lat.append(time.perf_counter() - t0)
-                        if r.status_code != 206 or body != truth[off : off + size]:
-                            raise RuntimeError(f"direct range read at {off}: {r.status_code}")
-                d_p50.append(percentile(lat, 50) * 1e3)
-                d_p99.append(percentile(lat, 99) * 1e3)
+        def direct(threads: int) -> Callable[[], float]:
+            def run() -> float:
+                drop_page_cache()
+                local = threading.local()
+                url = self.asset_url(big)
 
-            self.order(rep, via_mount, direct)
-            log(f"random {rep + 1}/{self.args.repeat}: mount p50 {m_p50[-1]:.2f} ms p99 "
-                f"{m_p99[-1]:.2f} ms, direct p50 {d_p50[-1]:.2f} ms p99 {d_p99[-1]:.2f} ms, "
-                f"fetched {fetched[-1] / MiB:.0f} MiB")
+                def read(off: int) -> bytes:
+                    if not hasattr(local, "s"):
+                        local.s = requests.Session()
+                    r = local.s.get(url, headers={**self.auth,
+                                                  "Range": f"bytes={off}-{off + 4095}"},
+                                    timeout=60)
+                    return r.content
 
-        requested = count * size
-        extra = {"mount_p50_ms": m_p50, "mount_p99_ms": m_p99, "direct_p50_ms": d_p50,
-                 "direct_p99_ms": d_p99, "fetched_bytes": fetched, "requests": reqs,
-                 "distinct_1mib_blocks_touched": distinct}
-        self.rows += [
-            Row(f"random 4KiB x{count} cold: p50 latency", median(m_p50), "ms",
-                median(d_p50), "ms", "mount/direct Range GET latency (lower is better)",
-                "", extra),
-            Row(f"random 4KiB x{count} cold: p99 latency", median(m_p99), "ms",
-                median(d_p99), "ms", "mount/direct Range GET latency (lower is better)"),
-            Row(f"random 4KiB x{count} cold: amplification", median(fetched) / MiB, "MiB",
-                requested / MiB, "MiB", "bytes sent by server / bytes read (lower is better)",
-                f"{median([r['asset_requests'] for r in reqs]):.0f} asset requests per run; "
-                f"the offsets touch {median(distinct):.0f} distinct 1 MiB blocks"),
-        ]
+                return run_reads(read, threads)
+            return run
 
-    # -- 4. metadata: ls -lR and find ------------------------------------------------------
+        s = self.interleave({"cometfs 1": mount(1), "direct 1": direct(1),
+                             "cometfs 8": mount(8), "direct 8": direct(8)})
+        med = {k: median(v) for k, v in s.items()}
+        what = f"{len(offsets)} random 4 KiB reads, cold {big.size // MiB} MiB asset"
+        for t in (1, 8):
+            self.add(Result(f"random{t}_direct", f"{what}, {t} thread{'s' if t > 1 else ''}",
+                            med[f"cometfs {t}"], "reads/s", "direct ranged GETs (requests)",
+                            med[f"direct {t}"], goal=0.8, goal_text="≥ 0.8× direct",
+                            samples=self._samples(s, f"cometfs {t}", f"direct {t}")))
+        self.add(Result("random_amplification", f"{what}: bytes fetched per byte read",
+                        median(amp), "B/B", "direct ranged GETs", 1.0, goal_on="figure",
+                        goal_op="<=", goal=16.0, goal_text="≤ 16",
+                        notes="asset bytes the server sent (its request log) / 4 KiB × reads, "
+                        f"median over the 1- and 8-thread runs: {[round(a, 1) for a in amp]}",
+                        samples={"amplification": stats(amp)}))
+
+    # -- 6. peak RSS streaming a large asset -------------------------------------------------
+
+    def bench_rss(self) -> None:
+        if not self.sz.huge_mib:
+            return
+        huge = self.assets["huge"][0]
+        peaks: dict[str, float] = {}
+        for mode in ("range", "redirect"):
+            with self.cometfs(mode) as m:
+                assert m.pid is not None
+                with PeakSampler(m.pid) as p:
+                    read_sequential(self.cometfs_root(m, "huge") / huge.logical)
+                    m.wait_idle()
+                peaks[mode] = p.peak_kib / 1024
+            log(f"  rss cometfs {mode}: {peaks[mode]:.0f} MiB")
+        with self.rclone() as r, PeakSampler(r.pid) as p:
+            read_sequential(r.path / huge.rel)
+        peaks["rclone"] = p.peak_kib / 1024
+        log(f"  rss rclone: {peaks['rclone']:.0f} MiB")
+        for mode in ("range", "redirect"):
+            self.add(Result(f"rss_{mode}", f"peak RSS streaming {huge.size / GiB:.3g} GiB cold "
+                            f"({mode} server)", peaks[mode], "MiB", "rclone mount (default)",
+                            peaks["rclone"], goal_on="figure", goal_op="<=", goal=200.0,
+                            goal_text="≤ 200 MiB", notes="VmHWM of the mount process, one run "
+                            "each, default settings", samples={"peaks_mib": peaks}))
+
+    # -- 7. cp -r of a version vs the SDK --------------------------------------------------
+
+    def bench_version(self) -> None:
+        if not self.sz.version_files:
+            return
+        files = self.assets["version"]
+        total = sum(a.size for a in files)
+
+        def mount() -> float:
+            with self.cometfs() as m:
+                return total / self.cp_r(self.cometfs_root(m, "version")) / 1e6
+
+        def sdk() -> float:
+            dest = self.work / f"sdk{self._next()}"
+            drop_page_cache()
+            try:
+                out = sdk_download(self.env, self.server("range").url, WS, "version", VERSION,
+                                   dest, self.work / "sdk.log")
+            finally:
+                shutil.rmtree(dest, ignore_errors=True)
+            if out["bytes"] != total:
+                raise RuntimeError(f"SDK downloaded {out['bytes']} of {total} bytes")
+            return total / float(out["seconds"]) / 1e6
+
+        s = self.interleave({"cometfs cp": mount, "sdk": sdk})
+        self.add(Result("version_sdk", f"`cp -r` of a {len(files)}-file, {total / MiB:.0f} MiB "
+                        "version", median(s["cometfs cp"]), "MB/s", "comet_ml SDK download()",
+                        median(s["sdk"]), goal_text="≥ 1.0× SDK",
+                        samples=self._samples(s, "cometfs cp", "sdk")))
+
+    # -- 8. listing ------------------------------------------------------------------------
 
     def bench_meta(self) -> None:
-        mode = "range"
-        srv = self.server(mode)
-        local = self.data.small_local
-        n_files = len(self.data.small)
-        times: dict[str, list[float]] = {}
+        if not self.sz.meta_files:
+            return
+        n = self.sz.meta_files
+        srv = self.server("range")
+        assert self.nginx is not None
+        tools = {"find": ["find"], "ls -lR": ["ls", "-lR"]}
         reqs: dict[str, list[dict[str, Any]]] = {}
-        tools = {"ls -lR": ["ls", "-lR"], "find": ["find"]}
 
         def run(tool: str, path: Path) -> float:
             t0 = time.perf_counter()
-            out = subprocess.run([*tools[tool], str(path)], capture_output=True, timeout=120,
-                                 check=True).stdout
+            out = subprocess.run([*tools[tool], str(path)], capture_output=True, check=True,
+                                 timeout=PHASE_TIMEOUT).stdout
             secs = time.perf_counter() - t0
             lines = out.count(b"\n")
-            if lines < n_files:
+            if lines < n:
                 raise RuntimeError(f"{tool} {path} listed only {lines} lines")
             return secs
 
-        for tool in tools:
-            run(tool, local)  # the local tree is measured warm
-        for rep in range(self.args.repeat):
-            for tool in tools:
-
-                def local_run(tool: str = tool) -> None:
-                    times.setdefault(f"{tool} local", []).append(run(tool, local))
-
-                def mount_run(tool: str = tool) -> None:
-                    m = self.mount(mode)
-                    try:
-                        version = m.path / WS / "small" / "1.0.0"
-                        for phase in ("cold", "warm"):
-                            mark = srv.mark()
-                            with self.guarded(m, f"{tool} {phase}"):
-                                secs = run(tool, version)
-                            times.setdefault(f"{tool} {phase}", []).append(secs)
-                            reqs.setdefault(f"{tool} {phase}", []).append(
-                                summarize_requests(srv.entries_since(mark)))
-                    finally:
-                        m.stop()
-
-                self.order(rep, mount_run, local_run)
-            log(f"meta {rep + 1}/{self.args.repeat}: " + ", ".join(
-                f"{k} {v[-1] * 1e3:.0f} ms" for k, v in times.items()))
-
-        for tool in tools:
-            for phase in ("cold", "warm"):
-                key = f"{tool} {phase}"
-                r = reqs[key][-1]
-                self.rows.append(Row(
-                    f"{tool} {n_files} files, {phase}", median(times[key]) * 1e3, "ms",
-                    median(times[f"{tool} local"]) * 1e3, "ms",
-                    "mount/local-disk time (lower is better)",
-                    f"server requests: {r['total']} ({r['by_endpoint']})",
-                    {"mount_s": times[key], "local_s": times[f"{tool} local"],
-                     "requests": reqs[key]},
-                ))
-
-    # -- 5. many small files ---------------------------------------------------------------
-
-    def bench_small(self) -> None:
-        mode = "range"
-        srv = self.server(mode)
-        files = self.data.small
-        rates: dict[str, list[float]] = {"cold": [], "warm": [], "direct": []}
-        reqs: dict[str, list[dict[str, Any]]] = {"cold": [], "warm": []}
-
-        def via_mount() -> None:
-            m = self.mount(mode)
-            try:
-                paths = [self.asset_path(m, "small", a) for a, _ in files]
-                for phase in ("cold", "warm"):
+        def mount(tool: str) -> Callable[[], float]:
+            def go() -> float:
+                with self.cometfs() as m:
                     mark = srv.mark()
-                    with self.guarded(m, f"small files {phase}"):
-                        t0 = time.perf_counter()
-                        for path, (_, content) in zip(paths, files, strict=True):
-                            with open(path, "rb", buffering=0) as f:
-                                if f.read() != content:
-                                    raise RuntimeError(f"wrong bytes in {path}")
-                        secs = time.perf_counter() - t0
-                    rates[phase].append(len(files) / secs)
-                    reqs[phase].append(summarize_requests(srv.entries_since(mark)))
-            finally:
-                m.stop()
+                    secs = run(tool, self.cometfs_root(m, "many"))
+                    reqs.setdefault(f"cometfs {tool}", []).append(
+                        summarize_requests(srv.entries_since(mark)))
+                return secs
+            return go
 
-        def direct() -> None:
-            url = self.asset_url(mode)
-            with requests.Session() as s:
-                t0 = time.perf_counter()
-                for asset, content in files:
-                    r = s.get(url, params=asset_params(asset.asset_id, asset.version_id,
-                                                       allow301=False),
-                              headers=self.auth, timeout=(5, 60))
-                    if r.status_code != 200 or r.content != content:
-                        raise RuntimeError(f"direct download of {asset.logical}: "
-                                           f"{r.status_code}")
-                secs = time.perf_counter() - t0
-            rates["direct"].append(len(files) / secs)
+        def rclone(tool: str) -> Callable[[], float]:
+            def go() -> float:
+                assert self.nginx is not None
+                with self.rclone() as r:
+                    mark = self.nginx.mark()
+                    secs = run(tool, r.path / "many")
+                    reqs.setdefault(f"rclone {tool}", []).append(
+                        self.nginx.requests_since(mark))
+                return secs
+            return go
 
-        for rep in range(self.args.repeat):
-            self.order(rep, via_mount, direct)
-            log(f"small {rep + 1}/{self.args.repeat}: mount cold {rates['cold'][-1]:.0f}/s, "
-                f"warm {rates['warm'][-1]:.0f}/s, direct {rates['direct'][-1]:.0f}/s")
-        total = sum(len(c) for _, c in files)
-        for phase in ("cold", "warm"):
-            r = reqs[phase][-1]
-            self.rows.append(Row(
-                f"{len(files)} small files ({total / MiB:.0f} MiB), {phase}",
-                median(rates[phase]), "files/s", median(rates["direct"]), "files/s",
-                "mount/direct files per second (higher is better)",
-                f"server requests during the mount read: {r['total']} ({r['by_endpoint']})",
-                {"mount_files_per_s": rates[phase], "direct_files_per_s": rates["direct"],
-                 "requests": reqs[phase]},
-            ))
+        contenders: dict[str, Callable[[], Any]] = {}
+        for tool in tools:
+            contenders |= {f"cometfs {tool}": mount(tool), f"rclone {tool}": rclone(tool)}
+        s = self.interleave(contenders)
+        for tool in tools:
+            c, r = reqs[f"cometfs {tool}"][-1], reqs[f"rclone {tool}"][-1]
+            self.add(Result(f"meta_{tool.split()[0]}", f"`{tool}` of {n} assets, cold",
+                            median(s[f"cometfs {tool}"]) * 1e3, "ms", "rclone mount (default)",
+                            median(s[f"rclone {tool}"]) * 1e3, goal_op="<=", goal=1.0,
+                            goal_text="≤ rclone's time",
+                            notes=f"requests: cometfs {c['total']} ({c['by_endpoint']}), "
+                            f"rclone {r['total']} ({r['by_method']})",
+                            samples={**self._samples(s, f"cometfs {tool}", f"rclone {tool}"),
+                                     "requests": {k: v for k, v in reqs.items() if tool in k}}))
+        listing = [q["by_endpoint"].get("artifacts/version/files", 0)
+                   for k, v in reqs.items() if k.startswith("cometfs") for q in v]
+        rclone_total = [q["total"] for k, v in reqs.items() if k.startswith("rclone")
+                        for q in v]
+        self.add(Result("meta_requests", f"file-listing requests for {n} assets, cold",
+                        max(listing), "requests", "rclone (all requests)", median(rclone_total),
+                        goal_on="figure", goal_op="<=", goal=1.0,
+                        goal_text="one listing request",
+                        notes="cometfs: artifacts/version/files requests per cold pass (max); "
+                        "other metadata requests are in the find/ls rows",
+                        samples={"listing_requests": listing, "rclone_requests": rclone_total}))
 
-    # -- 6. memory -------------------------------------------------------------------------
-
-    def _memory_read(self, mode: str, artifact: str, asset: Asset) -> dict[str, float]:
-        m = self.mount(mode)
-        try:
-            before = m.memory_kib()
-            with self.guarded(m, f"memory read {artifact} ({mode})"):
-                n = read_sequential(self.asset_path(m, artifact, asset))
-            if n != asset.size:
-                raise RuntimeError(f"read {n} of {asset.size} bytes")
-            m.wait_idle()
-            after = m.memory_kib()
-            budget = m.status()["cache"]["memory_budget"]
-        finally:
-            m.stop()
-        return {"hwm_mib": after["VmHWM"] / 1024, "rss_before_mib": before["VmRSS"] / 1024,
-                "budget_mib": budget / MiB}
-
-    def bench_memory(self) -> None:
-        cases: list[tuple[str, Asset, str, list[dict[str, float]]]] = []
-        for mode in MODES:
-            samples = self.seq_memory.get(mode) or [
-                self._memory_read(mode, "big", self.data.big)
-                for _ in range(min(3, self.args.repeat))]
-            cases.append(("big", self.data.big, mode, samples))
-        if self.data.huge is not None:
-            for mode in ("range", "stream"):
-                cases.append(("huge", self.data.huge, mode,
-                              [self._memory_read(mode, "huge", self.data.huge)]))
-        for _, asset, mode, samples in cases:
-            hwm = median([s["hwm_mib"] for s in samples])
-            base = median([s["rss_before_mib"] for s in samples])
-            budget = samples[0]["budget_mib"]
-            log(f"memory {asset.size // MiB} MiB [{mode}]: peak {hwm:.0f} MiB "
-                f"(RSS after mount {base:.0f} MiB, budget {budget:.0f} MiB)")
-            self.rows.append(Row(
-                f"peak RSS after {asset.size // MiB}MiB read [{mode}]", hwm, "MiB",
-                base + budget, "MiB",
-                "VmHWM / (RSS after mount + memory budget) (<= ~1 is bounded)",
-                f"RSS right after mount {base:.0f} MiB, reader budget {budget:.0f} MiB, max "
-                f"peak over {len(samples)} reads {max(s['hwm_mib'] for s in samples):.0f} MiB",
-                {"samples": samples},
-            ))
-
-    # -- output -----------------------------------------------------------------------------
+    # -- output --------------------------------------------------------------------------------
 
     def problems(self) -> list[str]:
         return [f"{m.log_file.name}: {line}" for m in self.mounts for line in m.problems]
 
 
-def print_table(rows: list[Row], elapsed: float, setup: str) -> None:
-    header = ("benchmark", "A", "B", "A/B", "meaning")
-    table = [(r.name, fmt(r.a, r.a_unit), fmt(r.b, r.b_unit),
-              "n/a" if r.ratio != r.ratio else f"{r.ratio:.3g}", r.meaning) for r in rows]
-    widths = [max(len(str(line[i])) for line in [header, *table]) for i in range(4)]
-    rule = "  ".join("-" * w for w in widths) + "  " + "-" * 20
-
-    def line(cells: tuple[str, ...]) -> str:
-        return (f"{cells[0]:<{widths[0]}}  {cells[1]:>{widths[1]}}  {cells[2]:>{widths[2]}}  "
-                f"{cells[3]:>{widths[3]}}  {cells[4]}")
-
-    print(setup)
-    print(line(header))
-    print(rule)
-    for cells in table:
-        print(line(cells))
-    print(rule)
-    print("A is the mount (or the warm read) and B the baseline; medians of the repeats,")
-    print(f"ratio = median(A) / median(B). Total run time {elapsed:.0f}s.\n")
-    for r in rows:
-        if r.notes:
-            print(f"* {r.name}: {r.notes}")
+PHASES = ("small", "seq", "ttfb", "random", "latency", "version", "rss", "meta")
+SMOKE_PHASES = ("small", "seq", "ttfb", "random")
+ORDER = ("small8_rclone", "small8_direct", "small1_cat_rclone", "small1_cp_rclone",
+         "lat8_rclone", "lat8_sdk", "seq_range_rclone", "seq_range_direct",
+         "seq_stream_rclone", "seq_stream_direct", "reread_rclone_full", "ttfb",
+         "random1_direct", "random8_direct", "random_amplification", "rss_range",
+         "rss_redirect", "version_sdk", "meta_find", "meta_ls", "meta_requests", "cpu_range",
+         "cpu_stream")
 
 
-def describe_setup(args: argparse.Namespace, bench: Bench) -> str:
-    parts = [
-        f"cometfs {git_revision()}, {os.cpu_count()} CPUs, {args.repeat} repeats",
-        f"read_ahead_kb {args.read_ahead_kb or 'kernel default'}",
-        f"drop_caches {'ok' if bench.drop_ok else 'unused' if bench.drop_ok is None else 'no'}",
-    ]
-    return "; ".join(parts)
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+            "python": platform.python_version(),
+            "mem_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB}
 
 
 def git_revision() -> str:
@@ -710,44 +864,46 @@ def git_revision() -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="64 MiB asset, 1,000 small files, 3 repeats, no 512 MiB asset")
-    ap.add_argument("--only", action="append", default=[], metavar="NAME[,NAME]",
-                    help=f"run only these benchmarks: {', '.join(BENCHES)}")
-    ap.add_argument("--repeat", type=int, help="repeats per measurement (default 5, quick 3)")
-    ap.add_argument("--size-mib", type=int, help="sequential/random asset size (default 256)")
-    ap.add_argument("--random-reads", type=int, help="random 4 KiB reads (default 500)")
-    ap.add_argument("--workdir", type=Path, help="where the store, caches and mounts go "
-                    "(default: a fresh temporary directory, removed afterwards)")
-    ap.add_argument("--read-ahead-kb", type=int, default=0,
-                    help="set each mount's kernel readahead (bdi read_ahead_kb; root only; "
-                    "default: leave the kernel's 128)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="smaller sizes, 2 repeats")
+    mode.add_argument("--smoke", action="store_true",
+                      help="seconds: cometfs vs direct GETs only; docs are not written")
+    ap.add_argument("--repeat", type=int, help="repeats per measurement (default 3)")
+    ap.add_argument("--only", default="", help=f"comma-separated phases: {', '.join(PHASES)}")
+    ap.add_argument("--workdir", type=Path, help="parent of the temporary work directory")
     ap.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    ap.add_argument("--docs", type=Path, default=DOCS,
+                    help="markdown report to write (not with --smoke)")
     args = ap.parse_args(argv)
-    only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
-    unknown = sorted(set(only) - set(BENCHES))
-    if unknown:
-        ap.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
-    args.selected = [b for b in BENCHES if not only or b in only]
-    q = args.quick
-    args.repeat = args.repeat or (3 if q else 5)
-    args.size_mib = args.size_mib or (64 if q else 256)
-    args.random_reads = args.random_reads or (200 if q else 500)
-    args.dirs, args.files_per_dir = (20, 50) if q else (100, 50)
-    args.huge_mib = 0 if q or "memory" not in args.selected else 512
-    if args.repeat < 1 or args.size_mib < 2 or args.random_reads < 1:
-        ap.error("--repeat, --random-reads must be >= 1 and --size-mib >= 2")
+    phases = SMOKE_PHASES if args.smoke else PHASES
+    only = [p.strip() for p in args.only.split(",") if p.strip()]
+    bad = sorted(set(only) - set(phases))
+    if bad:
+        ap.error(f"unknown phase(s) {', '.join(bad)}; choose from {', '.join(phases)}")
+    args.phases = [p for p in phases if not only or p in only]
+    if args.repeat is not None and args.repeat < 1:
+        ap.error("--repeat must be >= 1")
     return args
+
+
+def check_tools(smoke: bool) -> None:
+    needed = ["fusermount3", "curl", "cat", "cp", "find", "ls"]
+    if not smoke:
+        needed += ["rclone", "nginx"]
+    missing = [t for t in needed if shutil.which(t) is None]
+    if missing:
+        sys.exit(f"bench: missing {', '.join(missing)} (run `make bench-deps`)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        sys.exit("bench: /dev/fuse is missing or not accessible")
+    if not drop_page_cache():
+        sys.exit("bench: cannot write /proc/sys/vm/drop_caches (needs root): cold runs "
+                 "would not be cold")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for tool in ("fusermount3", "ls", "find"):
-        if shutil.which(tool) is None:
-            sys.exit(f"bench: {tool} is not installed")
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        sys.exit("bench: /dev/fuse is missing or not accessible")
-
+    check_tools(args.smoke)
+    sizes = sizes_for(args)
     cleanup = Cleanup()
     atexit.register(cleanup.run)
 
@@ -756,45 +912,51 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
-
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix="cometfs-bench-", dir=args.workdir))
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="cometfs-bench-"))
-    cleanup.add("workdir", lambda: shutil.rmtree(workdir, ignore_errors=True))
+    parent = args.workdir
+    if parent:
+        parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="cometfs-bench-", dir=parent))
+    cleanup.add("workdir", lambda: shutil.rmtree(work, ignore_errors=True))
     started = time.perf_counter()
     try:
-        bench = Bench(args, workdir, cleanup)
-        for name in args.selected:
+        bench = Bench(args, sizes, work, cleanup)
+        for phase in args.phases:
             t0 = time.perf_counter()
-            log(f"== {name}")
-            getattr(bench, f"bench_{name}")()
-            log(f"== {name} done in {time.perf_counter() - t0:.0f}s")
-        for srv in bench.servers.values():
-            srv.stop()
+            log(f"== {phase}")
+            getattr(bench, f"bench_{phase}")()
+            log(f"== {phase} done in {time.perf_counter() - t0:.0f}s")
         elapsed = time.perf_counter() - started
-        print_table(bench.rows, elapsed, describe_setup(args, bench))
-        problems = bench.problems()
-        if problems:
-            print(f"\n{len(problems)} WARNING/ERROR lines in mount logs, e.g.:")
-            for line in problems[:5]:
-                print(f"  {line}")
-        result = {
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "git": git_revision(),
-            "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                     "python": platform.python_version()},
-            "args": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")},
-            "drop_caches": bench.drop_ok,
-            "setup": describe_setup(args, bench),
-            "elapsed_s": round(elapsed, 1),
-            "mount_log_problems": problems,
-            "rows": [{**asdict(r), "ratio": r.ratio} for r in bench.rows],
+        results = sorted(bench.results, key=lambda r: ORDER.index(r.key))
+        command = "make bench" if not (args.quick or args.smoke) else (
+            f"python scripts/bench.py {'--quick' if args.quick else '--smoke'}")
+        meta = {
+            **machine(), "command": command, "git": git_revision(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "elapsed_s": elapsed, "problems": bench.problems(),
+            "peers": "cometfs mount vs direct curl/requests GETs to the same local server"
+            + ("" if args.smoke else "; rclone mount :http: (default and --vfs-cache-mode "
+               "full) over nginx serving hard links of the same blob files; comet_ml SDK "
+               "Artifact.download()"),
+            "method": f"medians of {sizes.repeat} interleaved repeats (order rotated each "
+            "repeat; min/max in the JSON); page cache dropped (sync; echo 3 > drop_caches) "
+            "before every cold run of every contender, after its mount is up; fresh cache "
+            "dirs; default mount options for cometfs and rclone; 25 ms rows: a delay fault on "
+            "the local server, a per-request delaying proxy in front of nginx",
+            "sizes": f"{sizes.small_files} small files, {sizes.big_mib} MiB sequential/random "
+            f"asset, {sizes.huge_mib} MiB RSS asset, {sizes.version_files}-file version of "
+            f"2.5 MiB files, {sizes.meta_files} assets for find/ls, {sizes.random_reads} "
+            "random reads",
         }
+        doc = {**meta, "sizes_raw": vars(sizes), "results": [r.as_json() for r in results]}
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print(f"\nwrote {args.output}")
+        args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        (args.output.parent / "ratios.png").write_bytes(chart(results))
+        text = markdown(results, meta)
+        if not args.smoke:
+            args.docs.parent.mkdir(parents=True, exist_ok=True)
+            args.docs.write_text(text)
+        print(text)
+        log(f"wrote {args.output}" + ("" if args.smoke else f" and {args.docs}"))
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         return 130

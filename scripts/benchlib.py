@@ -7,6 +7,7 @@ here is registered with a `Cleanup`, stopped by its pid (never by name), and the
 exits by itself when its stdin closes, so it cannot outlive the benchmark.
 
     python scripts/benchlib.py serve --store DIR --mode range|stream|redirect --request-log F
+        [--latency SECONDS]
 """
 
 from __future__ import annotations
@@ -63,11 +64,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05
 
 
 def drop_page_cache() -> bool:
-    """sync, then drop the host page cache (FUSE keep_cache pages included). Needs root."""
+    """sync, then drop the page cache, dentries and inodes (`echo 3`; FUSE keep_cache pages
+    included), so every contender's cold run starts from the same empty cache. Needs root."""
     os.sync()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("1\n")
+            f.write("3\n")
     except OSError:
         return False
     return True
@@ -174,20 +176,26 @@ class ServerProc:
     workdir: Path
     env: dict[str, str]
     cleanup: Cleanup
+    latency: float = 0.0  # seconds added to every request (a WAN round trip)
     url: str = ""
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
     _undo: Callable[[], None] | None = None
 
+    @property
+    def tag(self) -> str:
+        return self.mode + (f"-lat{self.latency * 1000:g}ms" if self.latency else "")
+
     def __post_init__(self) -> None:
-        self.log_path = self.workdir / f"server-{self.mode}.requests.jsonl"
+        self.log_path = self.workdir / f"server-{self.tag}.requests.jsonl"
 
     def start(self) -> ServerProc:
         self.log_path.write_text("")
-        stderr = open(self.workdir / f"server-{self.mode}.log", "wb")  # noqa: SIM115
+        stderr = open(self.workdir / f"server-{self.tag}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [PYTHON, str(Path(__file__).resolve()), "serve", "--store", str(self.store),
-             "--mode", self.mode, "--request-log", str(self.log_path)],
+             "--mode", self.mode, "--request-log", str(self.log_path),
+             "--latency", str(self.latency)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=self.env,
         )
         stderr.close()
@@ -200,8 +208,8 @@ class ServerProc:
         reader.join(60)
         line = ready[0].decode().strip() if ready else ""
         if not line.startswith("http://127.0.0.1:"):
-            raise RuntimeError(f"server ({self.mode}) did not start: {line!r}; see "
-                               f"{self.workdir}/server-{self.mode}.log")
+            raise RuntimeError(f"server ({self.tag}) did not start: {line!r}; see "
+                               f"{self.workdir}/server-{self.tag}.log")
         self.url = line
         if not wait_until(self._alive, 30, 0.1):
             raise RuntimeError(f"server ({self.mode}) at {self.url} does not answer isAlive")
@@ -281,11 +289,14 @@ def serve_main(argv: Sequence[str]) -> int:
     import logging
 
     from cometfs.server import ApiKey, CometServer, Store
+    from cometfs.server.faults import FaultPlan, parse_faults
 
     ap = argparse.ArgumentParser(prog="benchlib.py serve")
     ap.add_argument("--store", type=Path, required=True)
     ap.add_argument("--mode", choices=MODES, required=True)
     ap.add_argument("--request-log", type=Path, required=True)
+    ap.add_argument("--latency", type=float, default=0.0,
+                    help="seconds to add to every request (a delay fault on every endpoint)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -301,7 +312,8 @@ def serve_main(argv: Sequence[str]) -> int:
     server = CometServer(
         Store(args.store), api_keys=[ApiKey(os.environ["COMET_API_KEY"], None)],
         ranges=args.mode != "stream", redirect=args.mode == "redirect",
-        request_log_path=args.request_log, request_log_max=10_000,
+        request_log_path=args.request_log, request_log_max=100_000,
+        faults=parse_faults(f"*=delay:{args.latency}") if args.latency else FaultPlan(),
     )
     server.start()
     threading.Thread(target=watch_stdin, daemon=True).start()
