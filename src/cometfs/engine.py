@@ -17,6 +17,7 @@ call checks the pid and raises EngineForked there; callers build a new Engine in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -181,10 +182,8 @@ class Engine:
             return
         self._closed = True
         if self._token is not None and self._stop is not None and self._thread.is_alive():
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
             self._thread.join(START_TIMEOUT)
         self._client.close()
 
@@ -291,10 +290,9 @@ class Engine:
             link = None
             if depth == _ALIAS_DEPTH and isinstance(child, Symlink):
                 link = child.target
-                try:
+                # An alias racing a deleted version: show the dangling link.
+                with contextlib.suppress(NotFound):
                     child = await self._follow_alias(node, child)
-                except NotFound:  # an alias racing a deleted version: show the dangling link
-                    pass
             entries.append(await self._entry(child_path, child, link))
         return entries
 

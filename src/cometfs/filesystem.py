@@ -59,7 +59,7 @@ def _info(entry: Entry) -> dict[str, Any]:
     return info
 
 
-class CometFileSystem(AbstractFileSystem):  # type: ignore[misc]
+class CometFileSystem(AbstractFileSystem):
     """Read-only fsspec filesystem over Comet artifacts; see the module doc."""
 
     protocol = "comet"
@@ -183,7 +183,7 @@ class CometFileSystem(AbstractFileSystem):  # type: ignore[misc]
                          cache_options=cache_options, **kwargs)
 
 
-class CometFile(AbstractBufferedFile):  # type: ignore[misc]
+class CometFile(AbstractBufferedFile):
     """A random-access read-only file; fsspec's buffer in front of Engine.pread."""
 
     def __init__(
