@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import pickle
 import sys
-import tomllib
 from collections.abc import Iterator
 from importlib import import_module
 from pathlib import Path
@@ -15,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tomllib
 
 from cometfs.filesystem import CometFileSystem
 from cometfs.server import AssetSource, CometServer, Store
