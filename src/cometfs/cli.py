@@ -125,7 +125,56 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--outside-symlinks", action="store_true",
                    help="with --follow-symlinks, also copy links that resolve outside "
                         "SOURCE_DIR (default: off)")
+    d = commands.add_parser(
+        "download", help="download an artifact version like the SDK's download(), in parallel")
+    d.add_argument("artifact", metavar="WORKSPACE/NAME[:VERSION_OR_ALIAS]",
+                   help="the version to fetch (default alias: latest)")
+    d.add_argument("dest", type=Path, metavar="DEST", help="directory to write the assets into")
+    d.add_argument("--overwrite-strategy", default="FAIL", type=str.upper,
+                   choices=["FAIL", "PRESERVE", "OVERWRITE"],
+                   help="an existing file with other content: fail, keep it, or replace it "
+                        "(default: FAIL; identical files are always skipped)")
+    d.add_argument("--include-remote", action="store_true",
+                   help="also fetch remote assets whose link is http(s) (default: list, skip)")
+    d.add_argument("--jobs", type=int, default=8, help="parallel downloads (default: 8)")
+    d.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: only when stderr is a terminal)")
+    d.add_argument("--server-url", help="Comet server (default: COMET_URL_OVERRIDE or comet.com)")
+    d.add_argument("--cache-dir", type=Path,
+                   help="disk cache, shared with mounts of the same server (default: XDG cache)")
+    d.add_argument("--cache-size", type=parse_size, default=parse_size("10G"),
+                   help="disk cache bound (default: 10G)")
     return parser
+
+
+def _download(args: argparse.Namespace) -> None:
+    from cometfs.download import DownloadError, Strategy, download
+    from cometfs.engine import Engine
+
+    if args.jobs < 1:
+        raise ValueError("--jobs must be at least 1")
+    config = resolve(server_url=args.server_url)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    with Engine(config, cache_dir=args.cache_dir.resolve() if args.cache_dir else None,
+                cache_size=args.cache_size) as engine:
+        try:
+            result = download(
+                engine, args.artifact, args.dest,
+                strategy=Strategy.parse(args.overwrite_strategy),
+                include_remote=args.include_remote, jobs=args.jobs, progress=progress,
+            )
+        except DownloadError as exc:
+            result = exc.result
+            raise
+        finally:
+            if "result" in locals():
+                for rel in result.preserved:
+                    print(f"kept {args.dest / rel}: differs from the artifact", file=sys.stderr)
+                for rel in result.overwritten:
+                    print(f"replaced {args.dest / rel}", file=sys.stderr)
+                for rel, link in result.remote_skipped:
+                    print(f"skipped remote asset {rel} -> {link}", file=sys.stderr)
+                print(result.summary())
 
 
 def _mount(args: argparse.Namespace) -> None:
@@ -213,7 +262,8 @@ def _store_add(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"mount": _mount, "unmount": _unmount, "serve": _serve, "store": _store_add}
+    handlers = {"mount": _mount, "unmount": _unmount, "serve": _serve, "store": _store_add,
+                "download": _download}
     try:
         handlers[args.command](args)
     except (CometFSError, ValueError, OSError) as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import select
@@ -32,9 +31,9 @@ from cometfs.client import CometClient
 from cometfs.config import Config
 from cometfs.errors import CometFSError, NotFound, TransientError, Unauthorized
 from cometfs.fs import CometFS
-from cometfs.reader import AssetReader, DiskCache
-from cometfs.store import Store
-from cometfs.tree import Tree
+from cometfs.reader import AssetReader
+from cometfs.readpath import build_read_path
+from cometfs.readpath import default_cache_dir as default_cache_dir  # cli.py imports it here
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +58,6 @@ class MountOptions:
 
 class MountError(CometFSError):
     """The mount could not start; the message is one line for the user."""
-
-
-def default_cache_dir(server_url: str, environ: dict[str, str] | None = None) -> Path:
-    """Per-server cache under the XDG cache directory, so ids of two servers never mix."""
-    env = os.environ if environ is None else environ
-    base = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cometfs"
-    return base / hashlib.sha256(server_url.encode()).hexdigest()[:16]
 
 
 def check_access(client: CometClient, config: Config) -> None:
@@ -126,16 +118,16 @@ def _status(
 
 async def _run(options: MountOptions, client: CometClient, ready: Callable[[], None]) -> None:
     mounted_at = time.time()
-    store = Store(client, metadata_ttl=options.metadata_ttl)
-    disk = DiskCache(options.cache_dir, options.cache_size)
-    reader = AssetReader(store, disk)
-    tree = Tree(
-        store,
+    graph = build_read_path(
+        client, options.cache_dir, options.cache_size,
         metadata_ttl=options.metadata_ttl,
         workspaces=options.config.workspaces,
-        status=_status(options.config, client, reader, mounted_at, options.metadata_ttl),
+        status=lambda reader: _status(
+            options.config, client, reader, mounted_at, options.metadata_ttl
+        ),
         mount_time_ns=int(mounted_at * 1e9),
     )
+    disk, reader, tree = graph.disk, graph.reader, graph.tree
     fs = CometFS(
         tree, reader, uid=os.getuid(), gid=os.getgid(),
         cache_bytes=disk.usage,
