@@ -107,6 +107,10 @@ def _check_mountpoint(mountpoint: Path, allow_non_empty: bool = False) -> None:
         raise MountError(f"mount point {mountpoint}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {mountpoint} is not a directory")
+    if _is_dead_mount(mountpoint):
+        raise MountError(
+            f"{mountpoint} holds a dead mount; clear it with: cometfs unmount {mountpoint}"
+        )
     if os.path.ismount(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point")
     # Mounting over files hides them until the unmount; rclone refuses for the same reason.
@@ -335,8 +339,12 @@ def unmount(mountpoint: Path, *, lazy: bool = False) -> str:
 
 
 def _is_dead_mount(mountpoint: Path) -> bool:
+    # stat() alone can be answered from the kernel's attribute cache after the process died;
+    # opening the directory always reaches the FUSE connection.
     try:
         os.stat(mountpoint)
+        with os.scandir(mountpoint):
+            pass
     except OSError as exc:
         return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
