@@ -5,6 +5,7 @@ Also the demo script's port check and its refusal to kill a PID it cannot verify
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -113,12 +114,11 @@ def demo(checkout: Path, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]
         for path in (home / "comet", checkout / "mnt"):
             _force_unmount(path)
         pid_file = checkout / ".demo" / "server.pid"
-        if pid_file.exists():  # stop did not get to it: end our own server by its pid
-            with_pid = int(pid_file.read_text())
-            try:
-                os.kill(with_pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        if pid_file.exists():  # stop did not get to it: end our own server, verified
+            pid = int(pid_file.read_text())
+            with contextlib.suppress(OSError):
+                if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGTERM)
 
 
 def test_the_quick_start_works_verbatim_after_make_demo(demo) -> None:
