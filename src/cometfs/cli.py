@@ -224,7 +224,7 @@ def _cache(args: argparse.Namespace) -> None:
     from cometfs.mount import default_cache_dir
     from cometfs.status import cache_info, clear_caches, human_bytes
 
-    base = default_cache_dir("").parent
+    base = default_cache_dir("").parent  # the per-server directories' common parent
     statuses = _live_statuses()
     if args.cache_command == "info":
         records = cache_info(base, statuses)

@@ -7,6 +7,7 @@ cometfs mounts belong to this user; each mount's own MOUNT/.comet/status.json sa
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -85,7 +86,8 @@ def read_status(mountpoint: Path) -> dict[str, Any]:
     try:
         status: dict[str, Any] = json.loads((mountpoint / ".comet" / "status.json").read_bytes())
     except OSError as exc:
-        hint = f" (clear it with: cometfs unmount {mountpoint})" if exc.errno == 107 else ""
+        dead = exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+        hint = f" (clear it with: cometfs unmount {mountpoint})" if dead else ""
         return {"mountpoint": str(mountpoint), "error": f"{exc.strerror}{hint}"}
     except ValueError as exc:
         return {"mountpoint": str(mountpoint), "error": f"unreadable status.json: {exc}"}
