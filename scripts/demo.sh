@@ -25,6 +25,10 @@ for r in records:
     while IFS= read -r m; do
         if [ -n "$m" ]; then "$BIN/cometfs" unmount --lazy "$m" || true; fi
     done <<<"$mounts"
+    # Without a working cometfs (e.g. .venv removed) ./mnt may still be mounted.
+    if mountpoint -q "$MNT" 2>/dev/null; then
+        "$BIN/cometfs" unmount --lazy "$MNT" 2>/dev/null || fusermount3 -u -z "$MNT" || true
+    fi
     if [ -f "$DEMO_DIR/server.pid" ]; then
         pid="$(cat "$DEMO_DIR/server.pid")"
         if is_our_server "$pid"; then
