@@ -17,10 +17,11 @@ sysdeps:
 	fi
 
 $(STAMP): pyproject.toml | sysdeps
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	touch $(STAMP)
+	@test -x $(BIN)/python || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing Python packages into $(VENV) (first run: ~1-2 min; pip shows each step)"
+	$(BIN)/pip install --disable-pip-version-check --progress-bar on --upgrade pip
+	$(BIN)/pip install --disable-pip-version-check --progress-bar on -e '.[test]'
+	@touch $(STAMP)
 
 venv: sysdeps $(STAMP)
 

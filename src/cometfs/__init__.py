@@ -1,5 +1,6 @@
 """cometfs: Comet ML artifacts as a read-only filesystem."""
 
+from cometfs.api import mounted
 from cometfs.errors import (
     ApiError,
     CometFSError,
@@ -30,5 +31,6 @@ __all__ = [
     "StoreError",
     "TransientError",
     "Unauthorized",
+    "mounted",
 ]
 __version__ = "0.1.0"

@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cometfs import __version__
 from cometfs.config import resolve
@@ -53,22 +54,42 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     m = commands.add_parser("mount", help="mount artifacts at MOUNTPOINT")
-    m.add_argument("mountpoint", type=Path)
-    m.add_argument("--server-url", help="Comet server (default: COMET_URL_OVERRIDE or comet.com)")
-    m.add_argument("--workspace", action="append", default=[], help="show only this workspace")
-    m.add_argument("--cache-dir", type=Path, help="disk cache (default: XDG cache dir)")
-    m.add_argument("--cache-size", type=parse_size, default=parse_size("10G"))
-    m.add_argument("--metadata-ttl", type=_non_negative_float, default=30.0, metavar="SECONDS")
-    m.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C unmounts")
-    m.add_argument("--log-level", default="WARNING",
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning",
-                            "error"])
-    m.add_argument("--log-file", type=Path)
+    m.add_argument("mountpoint", type=Path, help="an existing, empty directory")
+    m.add_argument("--server-url",
+                   help="Comet server (default: COMET_URL_OVERRIDE, the config file, "
+                        "or https://www.comet.com)")
+    m.add_argument("--workspace", action="append", default=[],
+                   help="show only this workspace; repeat for more "
+                        "(default: every workspace the key sees)")
+    m.add_argument("--cache-dir", type=Path,
+                   help="disk cache directory (default: $XDG_CACHE_HOME/cometfs/<server hash>)")
+    m.add_argument("--cache-size", type=parse_size, default=parse_size("10G"), metavar="SIZE",
+                   help="disk cache bound, LRU eviction, e.g. 512M or 50G (default: 10G)")
+    m.add_argument("--metadata-ttl", type=_non_negative_float, default=30.0, metavar="SECONDS",
+                   help="how long lists of artifacts, versions, aliases and tags are trusted "
+                        "(default: 30)")
+    m.add_argument("--foreground", action="store_true",
+                   help="stay attached; Ctrl-C unmounts (default: run in the background)")
+    m.add_argument("--allow-non-empty", action="store_true",
+                   help="mount over a directory that holds files, hiding them until the "
+                        "unmount (default: refuse)")
+    m.add_argument("--log-level", default="WARNING", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="log verbosity (default: WARNING)")
+    m.add_argument("--log-file", type=Path,
+                   help="append the log here (default: none in the background, stderr in the "
+                        "foreground)")
     m.add_argument("-o", dest="fuse_options", action="append", default=[],
-                   metavar="FUSE_OPTION[,...]", help="extra FUSE mount options, e.g. allow_other")
+                   metavar="FUSE_OPTION[,...]",
+                   help="extra FUSE mount options, e.g. allow_other (default: none)")
 
     u = commands.add_parser("unmount", help="unmount (also a mount whose process died)")
-    u.add_argument("mountpoint", type=Path)
+    u.add_argument("mountpoint", type=Path, help="a cometfs mount point")
+    u.add_argument("--lazy", action="store_true",
+                   help="detach a busy mount now; it goes away when its last user lets go "
+                        "(default: refuse while busy)")
+
+    _add_tool_commands(commands)
 
     s = commands.add_parser("serve", help="run the local Comet-compatible server")
     s.add_argument("--store", type=Path, default=None,
@@ -177,6 +198,31 @@ def _download(args: argparse.Namespace) -> None:
                 print(result.summary())
 
 
+def _add_tool_commands(commands: Any) -> None:
+    """prefetch, status and cache: everyday tools around a running mount."""
+    p = commands.add_parser("prefetch", help="fill the disk cache for mounted paths")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="mounted version dirs, folders, files or globs")
+    p.add_argument("--jobs", type=int, default=8, metavar="N",
+                   help="files read at once (default: 8)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: only when stderr is a terminal)")
+
+    st = commands.add_parser("status", help="show this user's cometfs mounts")
+    st.add_argument("mountpoint", type=Path, nargs="?",
+                    help="one mount (default: every cometfs mount of this user)")
+    st.add_argument("--json", action="store_true",
+                    help="print the figures of .comet/status.json as JSON (default: text)")
+
+    c = commands.add_parser("cache", help="inspect or clear the disk caches")
+    cache_commands = c.add_subparsers(dest="cache_command", required=True)
+    cache_commands.add_parser("info", help="cache directories, their size and their mounts")
+    clear = cache_commands.add_parser("clear", help="delete disk caches no mount is using")
+    clear.add_argument("--server-url",
+                       help="clear only this server's cache (default: every cache directory "
+                            "under $XDG_CACHE_HOME/cometfs)")
+
+
 def _mount(args: argparse.Namespace) -> None:
     from cometfs.mount import MountOptions, default_cache_dir, mount
 
@@ -193,6 +239,7 @@ def _mount(args: argparse.Namespace) -> None:
             log_level=args.log_level.upper(),
             log_file=args.log_file.resolve() if args.log_file else None,
             fuse_options=tuple(args.fuse_options),
+            allow_non_empty=args.allow_non_empty,
         )
     )
 
@@ -200,7 +247,76 @@ def _mount(args: argparse.Namespace) -> None:
 def _unmount(args: argparse.Namespace) -> None:
     from cometfs.mount import unmount
 
-    unmount(args.mountpoint.resolve())
+    # abspath, not resolve(): resolving a dead mount point fails with ENOTCONN.
+    mountpoint = Path(os.path.abspath(args.mountpoint))
+    outcome = unmount(mountpoint, lazy=args.lazy)
+    if outcome != "unmounted":
+        print(f"{mountpoint}: {outcome}", file=sys.stderr)
+
+
+def _prefetch(args: argparse.Namespace) -> None:
+    from cometfs.prefetch import prefetch
+    from cometfs.status import human_bytes
+
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    result = prefetch(args.paths, jobs=args.jobs, progress=progress)
+    if progress:
+        print(f"prefetched {result.files} files, {human_bytes(result.bytes)}", file=sys.stderr)
+    if result.failed:
+        for path, reason in result.failed:
+            print(f"cometfs prefetch: {path}: {reason}", file=sys.stderr)
+        raise CometFSError(f"{len(result.failed)} file(s) failed")
+
+
+def _live_statuses() -> list[dict[str, Any]]:
+    from cometfs.status import cometfs_mounts, read_status
+
+    return [read_status(entry.mountpoint) for entry in cometfs_mounts()]
+
+
+def _status(args: argparse.Namespace) -> None:
+    from cometfs.status import format_status, mount_of, read_status
+
+    if args.mountpoint is not None:
+        mountpoint = Path(os.path.abspath(args.mountpoint))
+        if mount_of(mountpoint) != mountpoint:
+            raise CometFSError(f"{mountpoint} is not a cometfs mount")
+        statuses = [read_status(mountpoint)]
+    else:
+        statuses = _live_statuses()
+    if args.json:
+        print(json.dumps(statuses if args.mountpoint is None else statuses[0], indent=2,
+                         sort_keys=True))
+    elif not statuses:
+        print("no cometfs mounts")
+    else:
+        print("\n\n".join(format_status(status) for status in statuses))
+    # Only a mount asked for by name fails the command: one stale mount among many is
+    # reported in the listing, and must not break scripts that list the healthy ones.
+    if args.mountpoint is not None and "error" in statuses[0]:
+        raise CometFSError(f"{statuses[0]['mountpoint']} does not answer: {statuses[0]['error']}")
+
+
+def _cache(args: argparse.Namespace) -> None:
+    from cometfs.mount import default_cache_dir
+    from cometfs.status import cache_info, clear_caches, human_bytes
+
+    base = default_cache_dir("").parent  # the per-server directories' common parent
+    statuses = _live_statuses()
+    if args.cache_command == "info":
+        records = cache_info(base, statuses)
+        if not records:
+            print(f"no disk caches under {base}")
+        for record in records:
+            users = ", ".join(record["used_by"]) or "no mount"
+            print(f"{record['cache_dir']}  {human_bytes(record['bytes'])}  used by: {users}")
+        return
+    targets = ([default_cache_dir(resolve(server_url=args.server_url).server_url)]
+               if args.server_url else
+               sorted(d for d in base.iterdir() if d.is_dir()) if base.is_dir() else [])
+    cleared = clear_caches(targets, statuses)
+    print(f"cleared {len(cleared)} cache director{'y' if len(cleared) == 1 else 'ies'}"
+          + "".join(f"\n  {d}" for d in cleared))
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -263,7 +379,8 @@ def _store_add(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"mount": _mount, "unmount": _unmount, "serve": _serve, "store": _store_add,
-                "download": _download}
+                "download": _download, "prefetch": _prefetch, "status": _status,
+                "cache": _cache}
     try:
         handlers[args.command](args)
     except (CometFSError, ValueError, OSError) as exc:

@@ -77,6 +77,7 @@ class CometFS(pyfuse3.Operations):
         uid: int,
         gid: int,
         cache_bytes: Callable[[], int] = int,
+        cache_capacity: Callable[[], int] = int,
     ) -> None:
         super().__init__()
         self._tree = tree
@@ -84,6 +85,7 @@ class CometFS(pyfuse3.Operations):
         self._uid = uid
         self._gid = gid
         self._cache_bytes = cache_bytes
+        self._cache_capacity = cache_capacity
         self._handles: dict[int, Any] = {}
         self._next_fh = itertools.count(1)
 
@@ -216,8 +218,12 @@ class CometFS(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = 4096
-        data.f_blocks = self._cache_bytes() // 4096
-        data.f_bfree = data.f_bavail = 0
+        # Size = the disk cache's capacity, free = its room left: the one resource a read
+        # through the mount can run out of. Reporting only the used bytes read as a full disk.
+        used = self._cache_bytes()
+        capacity = max(self._cache_capacity(), used)
+        data.f_blocks = capacity // 4096
+        data.f_bfree = data.f_bavail = (capacity - used) // 4096
         data.f_files = self._tree.inode_count
         data.f_ffree = data.f_favail = 0
         data.f_namemax = 255

@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -54,6 +55,7 @@ class MountOptions:
     log_level: str = "WARNING"
     log_file: Path | None = None
     fuse_options: tuple[str, ...] = field(default_factory=tuple)
+    allow_non_empty: bool = False
 
 
 class MountError(CometFSError):
@@ -83,11 +85,32 @@ def _make_client(config: Config) -> CometClient:
     return CometClient(config.server_url, config.require_key())
 
 
-def _check_mountpoint(mountpoint: Path) -> None:
-    if not mountpoint.is_dir():
+def _check_mountpoint(mountpoint: Path, allow_non_empty: bool = False) -> None:
+    """One readable line for each way a mount point can be wrong, with what to do."""
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountError(f"mount point {mountpoint} does not exist (mkdir -p it first)") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            raise MountError(
+                f"{mountpoint} holds a dead mount; clear it with: cometfs unmount {mountpoint}"
+            ) from None
+        raise MountError(f"mount point {mountpoint}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {mountpoint} is not a directory")
+    if _is_dead_mount(mountpoint):
+        raise MountError(
+            f"{mountpoint} holds a dead mount; clear it with: cometfs unmount {mountpoint}"
+        )
     if os.path.ismount(mountpoint):
         raise MountError(f"{mountpoint} is already a mount point")
+    # Mounting over files hides them until the unmount; rclone refuses for the same reason.
+    if not allow_non_empty and any(os.scandir(mountpoint)):
+        raise MountError(
+            f"mount point {mountpoint} is not empty (its files would be hidden); "
+            "use an empty directory or pass --allow-non-empty"
+        )
 
 
 def _fuse_options(extra: tuple[str, ...]) -> set[str]:
@@ -99,8 +122,13 @@ def _fuse_options(extra: tuple[str, ...]) -> set[str]:
 
 
 def _status(
-    config: Config, client: CometClient, reader: AssetReader, mounted_at: float, ttl: float
+    config: Config, client: CometClient, reader: AssetReader, mounted_at: float, ttl: float,
+    cache_dir: Path | None = None,
 ) -> Callable[[], dict[str, Any]]:
+    # pid and cache_dir let `cometfs status` and `cometfs cache` tie a mount to its process
+    # and its cache directory without asking the kernel.
+    pid = os.getpid()
+
     def status() -> dict[str, Any]:
         return {
             "cometfs_version": __version__,
@@ -109,6 +137,8 @@ def _status(
             "byte_mode": client.byte_mode,
             "requests": client.counters(),
             "cache": reader.stats(),
+            "cache_dir": str(cache_dir) if cache_dir is not None else None,
+            "pid": pid,
             "metadata_ttl": ttl,
             "mounted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mounted_at)),
         }
@@ -123,14 +153,14 @@ async def _run(options: MountOptions, client: CometClient, ready: Callable[[], N
         metadata_ttl=options.metadata_ttl,
         workspaces=options.config.workspaces,
         status=lambda reader: _status(
-            options.config, client, reader, mounted_at, options.metadata_ttl
+            options.config, client, reader, mounted_at, options.metadata_ttl, options.cache_dir
         ),
         mount_time_ns=int(mounted_at * 1e9),
     )
     disk, reader, tree = graph.disk, graph.reader, graph.tree
     fs = CometFS(
         tree, reader, uid=os.getuid(), gid=os.getgid(),
-        cache_bytes=disk.usage,
+        cache_bytes=disk.usage, cache_capacity=lambda: disk.capacity,
     )
     pyfuse3.init(fs, str(options.mountpoint), _fuse_options(options.fuse_options))
     terminated = False
@@ -186,7 +216,7 @@ def _setup_logging(level: str, log_file: Path | None, to_stderr: bool) -> None:
 
 def mount(options: MountOptions) -> None:
     """Mount and, unless in the foreground, return once the mount answers."""
-    _check_mountpoint(options.mountpoint)
+    _check_mountpoint(options.mountpoint, options.allow_non_empty)
     client = _make_client(options.config)
     try:
         check_access(client, options.config)
@@ -255,27 +285,62 @@ def _wait_ready(read_end: int, pid: int, mountpoint: Path) -> None:
     raise MountError(text.removeprefix("error: "))
 
 
-def unmount(mountpoint: Path) -> None:
-    """Unmount, also when the process serving the mount has died (lazy unmount)."""
+class MountBusy(MountError):
+    """The mount is in use (open files, a shell's working directory); retry with lazy=True."""
+
+
+def unmount(mountpoint: Path, *, lazy: bool = False) -> str:
+    """Unmount and say how: "unmounted", "detached lazily" or "cleared a dead mount".
+
+    A busy mount raises MountBusy unless `lazy`, which detaches it now and lets the kernel
+    finish once the last user lets go. A mount whose process died is always cleared.
+    """
+    dead = _is_dead_mount(mountpoint)
+    if not dead and not _is_fuse_mount(mountpoint):
+        raise MountError(f"{mountpoint} is not mounted")
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    attempts: list[list[str]] = []
-    if tool:
-        attempts += [[tool, "-u", str(mountpoint)], [tool, "-u", "-z", str(mountpoint)]]
+    plain: list[list[str]] = [[tool, "-u", str(mountpoint)]] if tool else []
+    lazy_commands: list[list[str]] = [[tool, "-u", "-z", str(mountpoint)]] if tool else []
     if os.geteuid() == 0:
-        attempts.append(["umount", "-l", str(mountpoint)])
+        plain.append(["umount", str(mountpoint)])
+        lazy_commands.append(["umount", "-l", str(mountpoint)])
     last_error = "no fusermount3 found"
-    for command in attempts:
+    busy = False
+    for command in plain:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode == 0:
-            return
+            return "cleared a dead mount" if dead else "unmounted"
+        last_error = result.stderr.strip() or f"{command[0]} exited {result.returncode}"
+        busy = busy or "busy" in last_error.lower()
+    if busy and not lazy and not dead:
+        raise MountBusy(
+            f"{mountpoint} is busy (a process has a file or its working directory there); "
+            f"close it, or detach now with: cometfs unmount --lazy {mountpoint}"
+        )
+    for command in lazy_commands:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode == 0:
+            if dead:
+                return "cleared a dead mount"
+            return "detached lazily" if busy else "unmounted"
         last_error = result.stderr.strip() or f"{command[0]} exited {result.returncode}"
     if not _is_fuse_mount(mountpoint):
         raise MountError(f"{mountpoint} is not mounted")
     raise MountError(f"cannot unmount {mountpoint}: {last_error}")
 
 
-def _is_fuse_mount(mountpoint: Path) -> bool:
+def _is_dead_mount(mountpoint: Path) -> bool:
+    # stat() alone can be answered from the kernel's attribute cache after the process died;
+    # opening the directory always reaches the FUSE connection.
     try:
-        return os.path.ismount(mountpoint)
-    except OSError as exc:  # a dead FUSE process leaves ENOTCONN behind
+        os.stat(mountpoint)
+        with os.scandir(mountpoint):
+            pass
+    except OSError as exc:
         return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    return False
+
+
+def _is_fuse_mount(mountpoint: Path) -> bool:
+    # os.path.ismount says False for a dead FUSE mount (its lstat fails with ENOTCONN).
+    return _is_dead_mount(mountpoint) or os.path.ismount(mountpoint)
