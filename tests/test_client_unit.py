@@ -605,7 +605,7 @@ def test_check_status_retryable(status: int) -> None:
         make_http().check_status(response(status, headers={"Retry-After": "3"}), "w")
     expected = RateLimited if status == 429 else TransientError
     assert type(info.value.error) is expected
-    assert info.value.retry_after == (3.0 if status == 429 else None)
+    assert info.value.retry_after == (3.0 if status in (429, 503) else None)
 
 
 def test_check_status_passes_2xx_and_keeps_the_server_message() -> None:

@@ -69,6 +69,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _MAX_MESSAGE = 200
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+# Redirects and retries are ours to decide; one shared instance spares urllib3 building one
+# per request.
+_NO_RETRY = urllib3.Retry(total=False, redirect=False)
 
 
 class Retryable(Exception):
@@ -226,8 +229,15 @@ class Http:
                 retry_after=retry_after,
             )
         if status in _SERVER_ERRORS:
+            # A 503 may say when to come back, as a 429 does.
+            retry_after = (
+                retry_after_seconds(response.headers.get("Retry-After")) if status == 503 else None
+            )
             self.discard(response, deadline)
-            raise Retryable(TransientError(f"{what}: server error (HTTP {status})", status=status))
+            raise Retryable(
+                TransientError(f"{what}: server error (HTTP {status})", status=status),
+                retry_after=retry_after,
+            )
         text = self.read_error_body(response, deadline)
         msg, code = parse_error_body(text)
         detail = f"{what}: HTTP {status}" + (f": {self._redact(msg)[:_MAX_MESSAGE]}" if msg else "")
@@ -454,7 +464,7 @@ class Http:
                 headers=sent,
                 timeout=timeout,
                 redirect=False,
-                retries=False,
+                retries=_NO_RETRY,
                 preload_content=False,
                 decode_content=False,
             )
