@@ -257,7 +257,7 @@ class Http:
             raise NotFound(detail, status=status, sdk_error_code=code)
         raise ApiError(detail, status=status, sdk_error_code=code)
 
-    def read_json(self, response: Response, what: str, deadline: Deadline) -> bytes:
+    def read_json(self, response: Response, what: str, deadline: Deadline) -> bytearray:
         """The body of a JSON answer, at most MAX_JSON_BYTES once decoded; released after.
 
         Bodies are asked for unencoded, but a gzip or deflate one is still taken, decoded
@@ -301,7 +301,7 @@ class Http:
             raise Retryable(ProtocolError(f"{what}: the response body was cut short"))
         if decoder is not None and not decoder.eof:
             raise Retryable(ProtocolError(f"{what}: the {encoding} body was cut short"))
-        return bytes(body)
+        return body  # json.loads takes it as is: no copy of a large listing
 
     def read_exact(
         self, response: Response, size: int, what: str, deadline: Deadline
