@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import requests
+from urllib3.connectionpool import HTTPConnectionPool
 
 import cometfs
 from cometfs.client import CometClient
@@ -430,14 +430,14 @@ def test_key_goes_only_to_the_api(
     connect: Callable[..., Setup], monkeypatch: pytest.MonkeyPatch, api_key: str
 ) -> None:
     sent: list[tuple[str, str | None, str | None]] = []
-    real_send = requests.Session.send
+    real_urlopen = HTTPConnectionPool.urlopen
 
-    def spy(self: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> Any:
-        path = urlsplit(request.url or "").path
-        sent.append((path, request.headers.get("Authorization"), request.headers.get("User-Agent")))
-        return real_send(self, request, **kwargs)
+    def spy(self: HTTPConnectionPool, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        headers = kwargs.get("headers") or {}
+        sent.append((urlsplit(url).path, headers.get("Authorization"), headers.get("User-Agent")))
+        return real_urlopen(self, method, url, *args, **kwargs)
 
-    monkeypatch.setattr(requests.Session, "send", spy)
+    monkeypatch.setattr(HTTPConnectionPool, "urlopen", spy)
     setup = connect(**BYTE_MODES["redirect"])
     asset = big_asset(setup.client)
     setup.client.read_range(asset.asset_id, asset.artifact_version_id, 0, 10)

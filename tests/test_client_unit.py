@@ -4,18 +4,20 @@ malformed variants), status mapping, the retry policy and argument checks."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 from typing import Any
 
 import pytest
-import requests
+import urllib3
 
 from cometfs.client import CometClient
 from cometfs.client import parse as p
 from cometfs.client.http import Http, Retryable, is_json
 from cometfs.errors import (
     ApiError,
+    NotFinalized,
     NotFound,
     ProtocolError,
     RateLimited,
@@ -275,13 +277,10 @@ def test_artifact_details_versions_take_the_parents_tags_and_metadata_string() -
         ("tags", None),
         ("sizeInBytes", "12"),
         ("isPublic", "false"),
-        ("latestVersion", "2.0"),
         ("versions", DELETE),
         ("versions", None),
         ("versions.0", "1.0.0"),
         ("versions.0.artifactVersionId", DELETE),
-        ("versions.0.version", "1.0"),
-        ("versions.0.version", "v1.0.0"),
         ("versions.1.alias", None),
         ("versions.1.tags", DELETE),
         ("versions.1.sizeInBytes", -1),
@@ -348,8 +347,6 @@ def test_artifact_version_accepts_strict_semver(version: str) -> None:
         ("artifact.tags", DELETE),
         ("artifact.workspaceName", DELETE),
         # Wrong types and values.
-        ("artifactVersion", "2.0"),
-        ("artifactVersion", "01.0.0"),
         ("artifactVersion", 2),
         ("alias", None),
         ("alias", "Latest"),
@@ -448,23 +445,70 @@ def test_assets_metadata_object_and_unreadable(caplog: pytest.LogCaptureFixture)
     [
         ("files", DELETE),
         ("files", {}),
-        ("files.0.artifactVersionId", DELETE),
         ("files.0.assetId", DELETE),
+        ("files.0.assetId", 5),
         ("files.0.fileName", DELETE),
-        ("files.0.fileSize", DELETE),
-        ("files.0.link", DELETE),
-        ("files.0.type", DELETE),
-        ("files.0.metadata", DELETE),
-        ("files.0.fileSize", -5),
-        ("files.0.fileSize", "12"),
-        ("files.1.remote", "true"),
-        ("files.1.remote", 1),
-        ("files.1.link", 7),
+        ("files.0.fileName", None),
     ],
 )
 def test_assets_malformed(path: str, value: Any) -> None:
     with pytest.raises(ProtocolError, match="files"):
         p.parse_assets(changed(E7, path, value))
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("files.0.fileSize", DELETE),
+        ("files.0.fileSize", -5),
+        ("files.0.fileSize", -1),
+        ("files.0.fileSize", "12"),
+        ("files.0.fileSize", True),
+        ("files.0.fileSize", 1.5),
+        ("files.0.fileSize", None),
+        ("files.0.fileSize", 2**63),
+        ("files.0.fileSize", 2**64 + 7),
+        ("files.0.artifactVersionId", DELETE),
+        ("files.0.link", DELETE),
+        ("files.0.type", DELETE),
+        ("files.0.metadata", DELETE),
+        ("files.1.remote", "true"),
+        ("files.1.remote", 1),
+        ("files.1.link", 7),
+    ],
+)
+def test_assets_bad_entry_is_reported_not_fatal(
+    path: str, value: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = p.parse_assets(E7)
+    bad_index = int(path.split(".")[1])
+    assets = p.parse_assets(changed(E7, path, value), "files for ws/x:1.0.0")
+    assert len(assets) == len(good)
+    for i, (asset, expected) in enumerate(zip(assets, good, strict=True)):
+        if i != bad_index:
+            assert asset == expected
+            continue
+        assert asset.problem is not None and path.split(".")[-1] in asset.problem
+        assert asset.size == 0
+        assert (asset.asset_id, asset.logical_path) == (expected.asset_id, expected.logical_path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert good[bad_index].asset_id in warnings[0]
+    assert good[bad_index].logical_path in warnings[0]
+
+
+def test_assets_largest_size_is_accepted() -> None:
+    assets = p.parse_assets(changed(E7, "files.0.fileSize", 2**63 - 1))
+    assert assets[0].size == 2**63 - 1 and assets[0].problem is None
+
+
+@pytest.mark.parametrize("version", ["2.0", "v1", "01.0.0", "1.0", "latest"])
+def test_non_semver_version_strings_are_kept_raw(version: str) -> None:
+    listed = p.parse_artifact_list(changed(E4, "artifacts.0.latestVersion", version), "ws")
+    assert listed[0].latest_version == version
+    details = p.parse_artifact_details(changed(E5, "versions.0.version", version), "ws")
+    assert details.versions[0].version == version
+    assert p.parse_artifact_version(changed(E6, "artifactVersion", version)).version == version
 
 
 # Small helpers
@@ -520,12 +564,10 @@ def make_http(sleeps: list[float] | None = None, *, retries: int = 4, jitter: fl
 
 def response(
     status: int, body: bytes = b"", headers: dict[str, str] | None = None
-) -> requests.Response:
-    resp = requests.Response()
-    resp.status_code = status
-    resp._content = body
-    resp.headers.update(headers or {})
-    return resp
+) -> urllib3.HTTPResponse:
+    return urllib3.HTTPResponse(
+        body=io.BytesIO(body), headers=headers or {}, status=status, preload_content=False
+    )
 
 
 def error_body(msg: str, sdk_error_code: int | None = None) -> bytes:
@@ -541,7 +583,9 @@ def error_body(msg: str, sdk_error_code: int | None = None) -> bytes:
         (400, error_body("No artifact found", 624522), NotFound),
         (400, error_body("No artifact version found", 624523), NotFound),
         (400, error_body("bad request"), ApiError),
-        (400, error_body("not closed", 90402), ApiError),
+        (400, error_body("not closed", 90402), NotFinalized),
+        (404, error_body("closed with an error", 90403), NotFinalized),
+        (400, error_body("immutable", 90401), ApiError),
         (409, b"", ApiError),
         (501, b"", ApiError),
         (302, b"", ApiError),
@@ -561,7 +605,7 @@ def test_check_status_retryable(status: int) -> None:
         make_http().check_status(response(status, headers={"Retry-After": "3"}), "w")
     expected = RateLimited if status == 429 else TransientError
     assert type(info.value.error) is expected
-    assert info.value.retry_after == (3.0 if status == 429 else None)
+    assert info.value.retry_after == (3.0 if status in (429, 503) else None)
 
 
 def test_check_status_passes_2xx_and_keeps_the_server_message() -> None:

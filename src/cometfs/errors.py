@@ -6,7 +6,8 @@
     │   ├── NotFound           404, or a "no such artifact/version" sdk_error_code
     │   ├── Unauthorized       401/403: bad, revoked or under-privileged key
     │   ├── RateLimited        429 after retries (carries retry_after)
-    │   ├── TransientError     5xx or connection trouble after retries
+    │   ├── TransientError     5xx, connection trouble or a deadline passed, after retries
+    │   ├── NotFinalized       the version is not finalized yet (sdk_error_code 90402/90403)
     │   └── ProtocolError      an answer that breaks the API contract (bad JSON,
     │                          wrong Content-Type, short or over-long body)
     │       └── RangeNotSupported  the server ignored a Range request
@@ -72,3 +73,8 @@ class StaleError(CometFSError):
 
 class StoreError(CometFSError):
     """The local server's store refused an operation (bad input, duplicate version)."""
+
+
+class NotFinalized(ApiError):
+    """The artifact version is not finalized (state OPEN or ERROR: sdk_error_code 90402/90403),
+    so its contents cannot be read yet."""

@@ -35,7 +35,7 @@ class RestClient(Protocol):
     def read_range(
         self, asset_id: str, version_id: str, start: int, end: int, *,
         expected_size: int | None = None,
-    ) -> bytes: ...
+    ) -> bytes | bytearray: ...
     def stream(
         self, asset_id: str, version_id: str, *, chunk_size: int = ...,
         expected_size: int | None = None,
@@ -163,7 +163,7 @@ class Store:
 
     # -- bytes: the reader's ByteSource -----------------------------------------------------
 
-    async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes:
+    async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes | bytearray:
         return await self._call(
             self._client.read_range, key.asset_id, key.version_id, start, end,
             expected_size=key.size,

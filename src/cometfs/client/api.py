@@ -9,11 +9,17 @@ things it does and remember it in `byte_mode`:
 - "range":    get-asset answers a Range request with a 206;
 - "stream":   get-asset ignores Range (a 200 with the whole body): read_range then raises
               RangeNotSupported at once and the caller reads the asset through stream().
+
+Every call has a total deadline (`timeout`, retries and backoff included; see http.py).
+When one answer carries a whole asset and an ETag that is a SHA-256 digest (the local
+server's is), the bytes are checked against it and a mismatch is a StaleError.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import random
 import threading
@@ -22,11 +28,18 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 from urllib.parse import quote, urljoin
 
-import requests
 from cachetools import TTLCache
 
 from cometfs.client import parse
-from cometfs.client.http import Http, Retryable, content_length, is_json
+from cometfs.client.http import (
+    Deadline,
+    Http,
+    Response,
+    Retryable,
+    content_length,
+    is_json,
+    sha256_etag,
+)
 from cometfs.errors import ProtocolError, RangeNotSupported, StaleError, TransientError
 from cometfs.model import Artifact, ArtifactVersion, Asset
 
@@ -41,6 +54,7 @@ BLOB = "blob"  # a redirect target of get-asset, counted apart from the API endp
 BLOB_URL_TTL = 300.0
 # Answers that mean "this blob URL no longer works", not "this asset does not exist".
 _BLOB_GONE = frozenset({403, 404, 410})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class CometClient:
@@ -52,15 +66,21 @@ class CometClient:
         api_key: str,
         *,
         connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
+        read_timeout: float = 10.0,
+        timeout: float = 20.0,
         retries: int = 4,
         backoff: float = 0.25,
         max_backoff: float = 8.0,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
+        pool_size: int = 16,
     ) -> None:
+        """`timeout` is each call's total deadline in seconds, retries included (for
+        stream(): the first request, then each chunk); `pool_size` is how many connections
+        per host are kept open for reuse (at least the number of calling threads)."""
         self._root = server_url.rstrip("/")
+        self._timeout = timeout
         self._rest = self._root + "/api/rest/v2/"
         self._http = Http(
             api_key,
@@ -71,6 +91,8 @@ class CometClient:
             max_backoff=max_backoff,
             sleep=sleep,
             jitter=jitter,
+            clock=clock,
+            pool_size=pool_size,
         )
         self._mode: ByteMode = "unknown"
         self._lock = threading.Lock()  # guards _mode and _blob_urls (TTLCache is not thread-safe)
@@ -165,11 +187,13 @@ class CometClient:
         end: int,
         *,
         expected_size: int | None = None,
-    ) -> bytes:
-        """Exactly the bytes [start, end) of an asset.
+    ) -> bytearray:
+        """Exactly the bytes [start, end) of an asset, as one bytearray of end - start bytes
+        that the server's answer was read into (never copied; the caller owns it).
 
         Raises RangeNotSupported once the server is known to ignore Range (use stream()),
-        StaleError when the asset's size is not `expected_size`.
+        StaleError when the asset's size is not `expected_size` or a whole-asset answer
+        does not match its SHA-256 ETag.
         """
         if not 0 <= start < end:
             raise ValueError(f"need 0 <= start < end, got [{start}, {end})")
@@ -178,16 +202,15 @@ class CometClient:
         what = f"{ASSET} for asset {asset_id} of version {version_id}, bytes [{start}, {end})"
         if self._mode == "stream":
             raise RangeNotSupported(f"{what}: the server ignores Range; stream the asset instead")
-        headers = {
-            "Range": f"bytes={start}-{end - 1}",
-            # A Range applies to the encoded body; ask for none so lengths mean raw bytes.
-            "Accept-Encoding": "identity",
-        }
+        # Http asks for no Content-Encoding: a Range applies to the encoded body.
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        deadline = self._http.deadline(self._timeout)
         return self._http.call(
             lambda: self._read_range_once(
-                asset_id, version_id, start, end, expected_size, headers, what
+                asset_id, version_id, start, end, expected_size, headers, what, deadline
             ),
             what,
+            deadline,
         )
 
     @contextlib.contextmanager
@@ -198,30 +221,49 @@ class CometClient:
         *,
         chunk_size: int = 1 << 20,
         expected_size: int | None = None,
-    ) -> Iterator[Iterator[bytes]]:
-        """A context manager giving the whole asset body as an iterator of chunks.
+    ) -> Iterator[Iterator[bytearray]]:
+        """A context manager giving the whole asset body as an iterator of chunks (each a
+        fresh bytearray of `chunk_size` bytes, the last one shorter).
 
-        The first request is retried; a failure mid-body is not (the caller restarts).
-        Raises StaleError before yielding anything when the size is not `expected_size`.
+        The first request is retried within the call's deadline; then each chunk must
+        arrive within `timeout`. A failure mid-body is not retried (the caller restarts).
+        Raises StaleError before yielding anything when the size is not `expected_size`,
+        and after the last chunk when the body does not match a SHA-256 ETag (the caller
+        must then drop what it received).
         """
         what = f"{ASSET} for asset {asset_id} of version {version_id}"
+        deadline = self._http.deadline(self._timeout)
 
-        def attempt() -> requests.Response:
-            response = self._open_asset(
-                asset_id, version_id, {"Accept-Encoding": "identity"}, what, allow301=False
-            )
-            if response.status_code != 200:
-                with response:
-                    self._http.check_status(response, what)
-                    raise ProtocolError(f"{what}: expected HTTP 200, got {response.status_code}")
+        def attempt() -> Response:
+            response = self._open_asset(asset_id, version_id, {}, what, deadline, allow301=False)
+            if response.status != 200:
+                self._http.check_status(response, what, deadline)
+                self._http.release(response)
+                raise ProtocolError(f"{what}: expected HTTP 200, got {response.status}")
             return response
 
-        with self._http.call(attempt, what) as response:
+        response = self._http.call(attempt, what, deadline)
+        try:
             declared = content_length(response)
             if declared is not None and expected_size is not None and declared != expected_size:
                 raise self._stale(what, declared, expected_size)
             size = declared if declared is not None else expected_size
-            yield self._http.iter_body(response, chunk_size, size, what)
+            chunks = self._http.iter_body(response, chunk_size, size, what, self._timeout)
+            digest = sha256_etag(response)
+            yield chunks if digest is None else self._checked(chunks, digest, what)
+        finally:
+            self._http.release(response)
+
+    def _checked(
+        self, chunks: Iterator[bytearray], digest: str, what: str
+    ) -> Iterator[bytearray]:
+        """Pass chunks through, hashing them; StaleError at the end if the hash differs."""
+        sha = hashlib.sha256()
+        for chunk in chunks:
+            sha.update(chunk)
+            yield chunk
+        if sha.hexdigest() != digest:
+            raise StaleError(f"{what}: the body does not match its SHA-256 ETag")
 
     def _get_json(
         self,
@@ -233,23 +275,26 @@ class CometClient:
     ) -> Any:
         """GET a JSON endpoint with retries; the decoded body of a 200 application/json."""
         full_url = url if url is not None else self._rest + endpoint
+        deadline = self._http.deadline(self._timeout)
 
         def attempt() -> Any:
             response = self._http.get(
-                endpoint, full_url, what, params=params, follow_redirects=True
+                endpoint, full_url, what, deadline, params=params, follow_redirects=True
             )
-            self._http.check_status(response, what)
-            if response.status_code != 200:
-                raise ProtocolError(f"{what}: expected HTTP 200, got {response.status_code}")
-            if not is_json(response):
+            self._http.check_status(response, what, deadline)
+            if response.status != 200 or not is_json(response):
+                self._http.discard(response, deadline)
+                if response.status != 200:
+                    raise ProtocolError(f"{what}: expected HTTP 200, got {response.status}")
                 content_type = response.headers.get("Content-Type")
                 raise ProtocolError(f"{what}: expected JSON, got Content-Type {content_type!r}")
+            body = self._http.read_json(response, what, deadline)
             try:
-                return response.json()
+                return json.loads(body)
             except ValueError:
                 raise ProtocolError(f"{what}: the body is not valid JSON") from None
 
-        return self._http.call(attempt, what)
+        return self._http.call(attempt, what, deadline)
 
     def _read_range_once(
         self,
@@ -260,23 +305,24 @@ class CometClient:
         expected_size: int | None,
         headers: Mapping[str, str],
         what: str,
-    ) -> bytes:
+        deadline: Deadline,
+    ) -> bytearray:
         key = (asset_id, version_id)
         with self._lock:
             blob_url = self._blob_urls.get(key)
         if blob_url is not None:
-            response = self._http.get(
-                BLOB, blob_url, what, headers=headers, auth=False, stream=True
-            )
-            if response.status_code not in _BLOB_GONE:
-                return self._take_range(response, start, end, expected_size, what)
-            response.close()
-            log.debug("%s: blob URL answered %d, resolving it again", what, response.status_code)
+            response = self._http.get(BLOB, blob_url, what, deadline, headers=headers, auth=False)
+            if response.status not in _BLOB_GONE:
+                return self._take_range(response, start, end, expected_size, what, deadline)
+            self._http.discard(response, deadline)
+            log.debug("%s: blob URL answered %d, resolving it again", what, response.status)
             with self._lock:
                 self._blob_urls.pop(key, None)
         allow301 = self._mode in ("unknown", "redirect")
-        response = self._open_asset(asset_id, version_id, headers, what, allow301=allow301)
-        return self._take_range(response, start, end, expected_size, what)
+        response = self._open_asset(
+            asset_id, version_id, headers, what, deadline, allow301=allow301
+        )
+        return self._take_range(response, start, end, expected_size, what, deadline)
 
     def _open_asset(
         self,
@@ -284,36 +330,32 @@ class CometClient:
         version_id: str,
         headers: Mapping[str, str],
         what: str,
+        deadline: Deadline,
         *,
         allow301: bool,
-    ) -> requests.Response:
-        """Send get-asset (streamed); if it redirects, GET the target without the key."""
+    ) -> Response:
+        """Send get-asset (body unread); if it redirects, GET the target without the key."""
         params = {
             "assetId": asset_id,
             "allow301": str(allow301),  # "True"/"False", as the SDK sends them
             "experimentKey": "",  # as API.get_artifact sends it; the server looks up by ids
             "artifactVersionId": version_id,
         }
-        response = self._http.get(
-            ASSET,
-            self._rest + "experiment/asset/get-asset",
-            what,
-            params=params,
-            headers=headers,
-            stream=True,
-        )
-        if not response.is_redirect:
+        url = self._rest + "experiment/asset/get-asset"
+        response = self._http.get(ASSET, url, what, deadline, params=params, headers=headers)
+        location = response.headers.get("Location")
+        if response.status not in _REDIRECTS or not location:
             return response
-        location = urljoin(response.url, response.headers["Location"])
-        response.close()
+        location = urljoin(url, location)
+        self._http.discard(response, deadline)
         self._detect("redirect")
-        blob = self._http.get(BLOB, location, what, headers=headers, auth=False, stream=True)
-        if blob.status_code in _BLOB_GONE:
+        blob = self._http.get(BLOB, location, what, deadline, headers=headers, auth=False)
+        if blob.status in _BLOB_GONE:
             # get-asset already vouched for the asset and the key, so a URL it has just
             # handed out failing is the storage's trouble: worth a retry, not a 401/404.
-            blob.close()
+            self._http.discard(blob, deadline)
             raise Retryable(
-                TransientError(f"{what}: the redirect target answered HTTP {blob.status_code}")
+                TransientError(f"{what}: the redirect target answered HTTP {blob.status}")
             )
         with self._lock:
             self._blob_urls[(asset_id, version_id)] = location
@@ -321,16 +363,18 @@ class CometClient:
 
     def _take_range(
         self,
-        response: requests.Response,
+        response: Response,
         start: int,
         end: int,
         expected_size: int | None,
         what: str,
-    ) -> bytes:
-        """Check a streamed answer to a Range request and read exactly [start, end) from it."""
-        with response:
-            self._http.check_status(response, what)
-            if response.status_code == 206:
+        deadline: Deadline,
+    ) -> bytearray:
+        """Check an answer to a Range request and read exactly [start, end) from it."""
+        self._http.check_status(response, what, deadline)
+        try:
+            whole = False
+            if response.status == 206:
                 first, stop, total = parse.parse_content_range(
                     response.headers.get("Content-Range"), what
                 )
@@ -339,7 +383,8 @@ class CometClient:
                 if (first, stop) != (start, end):
                     raise ProtocolError(f"{what}: the server sent bytes [{first}, {stop})")
                 self._detect("range")
-            elif response.status_code == 200:
+                whole = start == 0 and stop == total
+            elif response.status == 200:
                 total = content_length(response)
                 if expected_size is not None and total is not None and total != expected_size:
                     raise self._stale(what, total, expected_size)
@@ -350,9 +395,16 @@ class CometClient:
                 if start != 0 or total != end:
                     self._detect("stream")
                     raise RangeNotSupported(f"{what}: the server ignored Range (HTTP 200)")
+                whole = True
             else:
-                raise ProtocolError(f"{what}: unexpected HTTP {response.status_code}")
-            return self._http.read_exact(response, end - start, what)
+                raise ProtocolError(f"{what}: unexpected HTTP {response.status}")
+            data = self._http.read_exact(response, end - start, what, deadline)
+            digest = sha256_etag(response) if whole else None
+        finally:
+            self._http.release(response)
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+            raise StaleError(f"{what}: the body does not match its SHA-256 ETag")
+        return data
 
     def _detect(self, mode: ByteMode) -> None:
         """Record what get-asset does; "stream" overrides anything, the rest only "unknown"."""
@@ -367,6 +419,6 @@ class CometClient:
 
 
 def _artifact_name(name: str) -> str:
-    # SDK >= 3.56 quotes the name itself and requests encodes it again; the server unquotes
-    # twice, so a name holding "%" or "+" only survives if we do the same.
+    # SDK >= 3.56 quotes the name itself and requests encodes it again (as our urlencode
+    # does); the server unquotes twice, so a name holding "%" or "+" only survives so.
     return quote(name, safe="")

@@ -1,26 +1,42 @@
-"""HTTP plumbing under CometClient: a requests.Session per thread, timeouts, bounded retries
-with jittered exponential backoff, HTTP status → cometfs error, exact-length body reads and
-request counters.
+"""HTTP plumbing under CometClient: one urllib3 connection pool for the process, total
+deadlines, bounded retries with jittered exponential backoff, HTTP status → cometfs error,
+bounded body reads (exact-length byte ranges, size-capped JSON) and request counters.
 
 Used from the worker threads that call CometClient, several at once; everything here is
-thread-safe. The API key lives only in this object and is added to a request's headers only
-when it goes to the Comet API itself, never to a redirect target.
+thread-safe (urllib3's PoolManager is). The API key lives only in this object and is added
+to a request's headers only when it goes to the Comet API itself, never to a redirect
+target on another host.
+
+Deadlines: every CometClient call gets one `Deadline` (default 20 s) that covers all its
+attempts, their backoff sleeps and their body reads. Each attempt's connect and read
+timeouts are cut to the time left, and body reads take one socket read at a time with the
+socket timeout set to the time left, so a server that trickles a byte a second cannot hold
+a call past its deadline.
 """
 
 from __future__ import annotations
 
+import email.utils
+import http.client
 import logging
+import re
 import threading
+import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from typing import TypeVar
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+from urllib.parse import urlencode, urljoin, urlsplit
 
-import requests
+import urllib3
+import urllib3.exceptions
 
 from cometfs import __version__
 from cometfs.client.parse import parse_error_body
 from cometfs.errors import (
     ApiError,
+    NotFinalized,
     NotFound,
     ProtocolError,
     RateLimited,
@@ -29,14 +45,33 @@ from cometfs.errors import (
 )
 
 log = logging.getLogger(__name__)
+# urllib3 logs every request line at DEBUG, query string included, and a redirect target's
+# query is a signed blob URL: with --log-level DEBUG those signatures would land in the log
+# file. Our own debug lines name the endpoint and its parameters only.
+logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 T = TypeVar("T")
+Response = urllib3.HTTPResponse
 
 USER_AGENT = f"cometfs/{__version__}"
+# A version listing of 100,000 assets with long paths and metadata is ~50 MB of JSON; an
+# answer five times that is not a listing, and decoding it would cost gigabytes of memory.
+MAX_JSON_BYTES = 256 << 20
+# Error bodies are a short {"msg", "code", "sdk_error_code"}; read no more than this of them.
+_MAX_ERROR_BODY = 64 << 10
+_JSON_CHUNK = 256 << 10
 _SERVER_ERRORS = frozenset({500, 502, 503, 504})
 # The backend's codes for "no such artifact" and "no such artifact version" (spec section 4).
 _NOT_FOUND_CODES = frozenset({624522, 624523})
+# artifactVersionStateNotClosed / ...ErrorOccurred: the version is still OPEN, or ERROR.
+_NOT_FINAL_CODES = frozenset({90402, 90403})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
 _MAX_MESSAGE = 200
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+# Redirects and retries are ours to decide; one shared instance spares urllib3 building one
+# per request.
+_NO_RETRY = urllib3.Retry(total=False, redirect=False)
 
 
 class Retryable(Exception):
@@ -48,8 +83,27 @@ class Retryable(Exception):
         self.retry_after = retry_after
 
 
+class Deadline:
+    """The end of one call's time budget, on the injected monotonic clock."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float]) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._end = clock() + seconds
+
+    def left(self) -> float:
+        return self._end - self._clock()
+
+    def check(self, what: str) -> float:
+        """The seconds left; Retryable (which the retry loop then gives up on) if none."""
+        left = self.left()
+        if left <= 0:
+            raise Retryable(TransientError(f"{what}: no answer within {self.seconds:g} s"))
+        return left
+
+
 class Http:
-    """Sends GETs with per-thread sessions and runs attempts under the retry policy."""
+    """Sends GETs through one shared connection pool and runs attempts under the retry policy."""
 
     def __init__(
         self,
@@ -62,29 +116,36 @@ class Http:
         max_backoff: float,
         sleep: Callable[[float], None],
         jitter: Callable[[], float],
+        clock: Callable[[], float] = time.monotonic,
+        pool_size: int = 16,
     ) -> None:
         self._api_key = api_key
-        self._timeout = (connect_timeout, read_timeout)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._retries = retries
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._sleep = sleep
         self._jitter = jitter
-        self._local = threading.local()
+        self._clock = clock
+        # Connections are kept per host (the API and any blob host), at most pool_size each:
+        # enough for every worker thread of the store facade, so none is discarded after use.
+        # block=False: a burst beyond that opens extra connections rather than queueing.
+        self._pool = urllib3.PoolManager(
+            num_pools=8, maxsize=pool_size, block=False, retries=False
+        )
         self._lock = threading.Lock()
-        self._sessions: list[requests.Session] = []
         self._counters: Counter[str] = Counter()
 
     def __repr__(self) -> str:
-        return f"<Http retries={self._retries} timeout={self._timeout}>"
+        return (
+            f"<Http retries={self._retries} timeout=({self._connect_timeout}, "
+            f"{self._read_timeout})>"
+        )
 
     def close(self) -> None:
-        """Close every thread's session; threads that go on get fresh ones."""
-        with self._lock:
-            sessions, self._sessions = self._sessions, []
-            self._local = threading.local()
-        for session in sessions:
-            session.close()
+        """Close every pooled connection; later requests open new ones."""
+        self._pool.clear()
 
     def counters(self) -> dict[str, int]:
         with self._lock:
@@ -94,52 +155,49 @@ class Http:
         with self._lock:
             self._counters[name] += n
 
+    def deadline(self, seconds: float) -> Deadline:
+        return Deadline(seconds, self._clock)
+
     def get(
         self,
         endpoint: str,
         url: str,
         what: str,
+        deadline: Deadline,
         *,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         auth: bool = True,
-        stream: bool = False,
         follow_redirects: bool = False,
-    ) -> requests.Response:
-        """Send one GET, no retry. Connection trouble and a cut JSON body raise Retryable.
+    ) -> Response:
+        """Send one GET, no retry, and return it with its body unread (see `release`).
 
-        `auth=False` leaves the key out (for blob URLs on other hosts). Redirects are followed
-        only on request; requests then drops the key itself when the host changes.
+        Connection trouble raises Retryable. `auth=False` leaves the key out (for blob URLs
+        on other hosts). Redirects are followed only on request, and the key goes along only
+        while the target stays on the host it was first sent to.
         """
-        sent = dict(headers or {})
-        if auth:
-            sent["Authorization"] = self._api_key
         self.count(endpoint)
-        try:
-            response = self._session().get(
-                url,
-                params=params,
-                headers=sent,
-                timeout=self._timeout,
-                stream=stream,
-                allow_redirects=follow_redirects,
-            )
-        except requests.exceptions.ChunkedEncodingError:
-            raise Retryable(ProtocolError(f"{what}: the response body was cut short")) from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise Retryable(
-                TransientError(f"{what}: cannot reach the server ({type(exc).__name__})")
-            ) from None
-        except requests.RequestException as exc:  # a bad URL or redirect: retrying won't help
-            raise ApiError(f"{what}: request failed ({type(exc).__name__})") from None
+        if params:
+            url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+        origin = _origin(url)
+        response = self._send(url, headers, auth, deadline, what)
+        hops = 0
+        while follow_redirects and response.status in _REDIRECTS:
+            location = response.headers.get("Location")
+            if not location or hops == _MAX_REDIRECTS:
+                break
+            self.discard(response, deadline)
+            url = urljoin(url, location)
+            auth = auth and _origin(url) == origin
+            response = self._send(url, headers, auth, deadline, what)
+            hops += 1
         # Only the endpoint and parameters: a blob URL may carry a signature.
-        log.debug("GET %s %s -> %d", endpoint, params, response.status_code)
-        if not stream:
-            self.count("bytes_received", len(response.content))
+        log.debug("GET %s %s -> %d", endpoint, params, response.status)
         return response
 
-    def call(self, attempt: Callable[[], T], what: str) -> T:
-        """Run `attempt` until it returns, retrying only on Retryable, at most `retries` times."""
+    def call(self, attempt: Callable[[], T], what: str, deadline: Deadline | None = None) -> T:
+        """Run `attempt` until it returns, retrying only on Retryable, at most `retries` times
+        and only while the deadline leaves time for the backoff sleep."""
         for n in range(self._retries + 1):
             try:
                 return attempt()
@@ -147,25 +205,41 @@ class Http:
                 if n == self._retries:
                     raise exc.error from None
                 delay = self._delay(n, exc.retry_after)
+                if deadline is not None and delay >= deadline.left():
+                    log.info("%s; no time left for another attempt", exc.error)
+                    raise exc.error from None
                 log.info("%s; retry %d of %d in %.2fs", exc.error, n + 1, self._retries, delay)
                 self.count("retries")
                 self._sleep(delay)
         raise AssertionError("unreachable")  # the loop always returns or raises
 
-    def check_status(self, response: requests.Response, what: str) -> None:
-        """Return for 2xx; otherwise raise Retryable (429, 5xx) or the mapped ApiError."""
-        status = response.status_code
+    def check_status(
+        self, response: Response, what: str, deadline: Deadline | None = None
+    ) -> None:
+        """Return for 2xx; otherwise release the response and raise Retryable (429, 5xx) or
+        the mapped ApiError."""
+        status = response.status
         if 200 <= status < 300:
             return
         if status == 429:
-            retry_after = _retry_after(response)
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            self.discard(response, deadline)
             raise Retryable(
                 RateLimited(f"{what}: rate limited (HTTP 429)", retry_after=retry_after),
                 retry_after=retry_after,
             )
         if status in _SERVER_ERRORS:
-            raise Retryable(TransientError(f"{what}: server error (HTTP {status})", status=status))
-        msg, code = parse_error_body(response.text)
+            # A 503 may say when to come back, as a 429 does.
+            retry_after = (
+                retry_after_seconds(response.headers.get("Retry-After")) if status == 503 else None
+            )
+            self.discard(response, deadline)
+            raise Retryable(
+                TransientError(f"{what}: server error (HTTP {status})", status=status),
+                retry_after=retry_after,
+            )
+        text = self.read_error_body(response, deadline)
+        msg, code = parse_error_body(text)
         detail = f"{what}: HTTP {status}" + (f": {self._redact(msg)[:_MAX_MESSAGE]}" if msg else "")
         if status in (401, 403):
             raise Unauthorized(
@@ -173,72 +247,234 @@ class Http:
                 status=status,
                 sdk_error_code=code,
             )
+        if code in _NOT_FINAL_CODES:
+            raise NotFinalized(
+                f"{what}: the artifact version is not finalized yet (sdk_error_code {code})",
+                status=status,
+                sdk_error_code=code,
+            )
         if status == 404 or (status == 400 and code in _NOT_FOUND_CODES):
             raise NotFound(detail, status=status, sdk_error_code=code)
         raise ApiError(detail, status=status, sdk_error_code=code)
 
-    def read_exact(self, response: requests.Response, size: int, what: str) -> bytes:
-        """Read a streamed body that must be exactly `size` bytes; anything else is Retryable."""
+    def read_json(self, response: Response, what: str, deadline: Deadline) -> bytearray:
+        """The body of a JSON answer, at most MAX_JSON_BYTES once decoded; released after.
+
+        Bodies are asked for unencoded, but a gzip or deflate one is still taken, decoded
+        incrementally so that a small bomb never expands past the cap.
+        """
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
+            self.discard(response, deadline)
+            raise ProtocolError(f"{what}: unsupported Content-Encoding {encoding!r}")
+        declared = content_length(response)
+        if declared is not None and declared > MAX_JSON_BYTES:
+            self.discard(response, deadline)
+            raise ProtocolError(f"{what}: answer of {declared} bytes is over the JSON cap")
+        # wbits 47: a zlib or gzip header, detected from the stream itself.
+        decoder = zlib.decompressobj(47) if encoding not in ("identity", "") else None
+        body = bytearray()
+        chunk = bytearray(_JSON_CHUNK)
+        view = memoryview(chunk)
+        got = 0
+        try:
+            while True:
+                n = self.read_some(response, view, what, deadline)
+                if n == 0:
+                    break
+                got += n
+                if decoder is None:
+                    body += view[:n]
+                else:
+                    try:
+                        body += decoder.decompress(view[:n], MAX_JSON_BYTES + 1 - len(body))
+                    except zlib.error:
+                        raise ProtocolError(f"{what}: the {encoding} body is corrupt") from None
+                if len(body) > MAX_JSON_BYTES:
+                    raise ProtocolError(
+                        f"{what}: answer is over the JSON cap of {MAX_JSON_BYTES} bytes"
+                    )
+        finally:
+            self.count("bytes_received", got)
+            self.release(response)
+        if declared is not None and got != declared:
+            raise Retryable(ProtocolError(f"{what}: the response body was cut short"))
+        if decoder is not None and not decoder.eof:
+            raise Retryable(ProtocolError(f"{what}: the {encoding} body was cut short"))
+        return body  # json.loads takes it as is: no copy of a large listing
+
+    def read_exact(
+        self, response: Response, size: int, what: str, deadline: Deadline
+    ) -> bytearray:
+        """Read a body that must be exactly `size` bytes into one buffer; else Retryable.
+
+        Returns the buffer itself (a bytearray, never copied): the caller owns it.
+        """
         declared = content_length(response)
         if declared is not None and declared != size:
             raise Retryable(ProtocolError(f"{what}: Content-Length is {declared}, expected {size}"))
-        chunks: list[bytes] = []
+        buffer = bytearray(size)
+        view = memoryview(buffer)
         got = 0
         try:
-            for chunk in response.iter_content(1 << 20):
-                chunks.append(chunk)
-                got += len(chunk)
-                if got > size:
+            while got < size:
+                n = self.read_some(response, view[got:], what, deadline)
+                if n == 0:
                     break
-        except requests.exceptions.ChunkedEncodingError:
-            raise Retryable(
-                ProtocolError(f"{what}: body cut short at {got} of {size} bytes")
-            ) from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise Retryable(
-                TransientError(f"{what}: connection lost while reading ({type(exc).__name__})")
-            ) from None
+                got += n
+            # Without a Content-Length nothing else says where the body ends.
+            if got == size and declared is None and self.read_some(
+                response, bytearray(1), what, deadline
+            ):
+                raise Retryable(ProtocolError(f"{what}: body longer than {size} bytes"))
         finally:
             self.count("bytes_received", got)
         if got != size:
-            raise Retryable(ProtocolError(f"{what}: got {got} bytes, expected {size}"))
-        return b"".join(chunks)
+            raise Retryable(ProtocolError(f"{what}: body cut short at {got} of {size} bytes"))
+        return buffer
 
     def iter_body(
-        self, response: requests.Response, chunk_size: int, size: int | None, what: str
-    ) -> Iterator[bytes]:
-        """Yield a streamed body; raise ProtocolError if it ends before `size` bytes.
+        self,
+        response: Response,
+        chunk_size: int,
+        size: int | None,
+        what: str,
+        timeout: float,
+    ) -> Iterator[bytearray]:
+        """Yield a body in chunks of `chunk_size` (the last may be shorter); raise
+        ProtocolError if it ends before `size` bytes, TransientError if one chunk takes
+        longer than `timeout` seconds to arrive.
 
-        No retry: bytes already yielded cannot be taken back, so the caller restarts.
+        Each chunk is a fresh bytearray the caller owns (filled in place, never copied).
+        A whole asset may take far longer than one call's deadline, so each chunk gets its
+        own. No retry: bytes already yielded cannot be taken back, so the caller restarts.
         """
         got = 0
-        try:
-            for chunk in response.iter_content(chunk_size):
-                got += len(chunk)
-                self.count("bytes_received", len(chunk))
-                if size is not None and got > size:
-                    raise ProtocolError(f"{what}: body longer than {size} bytes")
-                yield chunk
-        except requests.exceptions.ChunkedEncodingError:
-            raise ProtocolError(f"{what}: body cut short at {got} bytes") from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientError(
-                f"{what}: connection lost while reading ({type(exc).__name__})"
-            ) from None
+        while True:
+            deadline = self.deadline(timeout)
+            buffer = bytearray(chunk_size)
+            view = memoryview(buffer)
+            filled = 0
+            try:
+                while filled < chunk_size:
+                    n = self.read_some(response, view[filled:], what, deadline)
+                    if n == 0:
+                        break
+                    filled += n
+            except Retryable as exc:
+                raise exc.error from None
+            finally:
+                self.count("bytes_received", filled)
+            got += filled
+            if size is not None and got > size:
+                raise ProtocolError(f"{what}: body longer than {size} bytes")
+            if filled:
+                del view  # a bytearray cannot shrink while a view of it is alive
+                if filled < chunk_size:
+                    del buffer[filled:]
+                yield buffer
+            if filled < chunk_size:
+                break
         if size is not None and got != size:
             raise ProtocolError(f"{what}: body cut short at {got} of {size} bytes")
 
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            # requests.Session is not thread-safe, so each worker thread keeps its own
-            # (and its own keep-alive connections).
-            session = requests.Session()
-            session.headers["User-Agent"] = USER_AGENT
-            with self._lock:
-                self._sessions.append(session)
-            self._local.session = session
-        return session
+    def read_some(
+        self, response: Response, view: memoryview | bytearray, what: str, deadline: Deadline
+    ) -> int:
+        """One socket read into `view` (0 at the end of the body), under the deadline."""
+        left = deadline.check(what)
+        raw: Any = getattr(response, "_fp", None)
+        if raw is None:
+            return 0
+        connection = response.connection
+        sock = getattr(connection, "sock", None) if connection is not None else None
+        if sock is not None:
+            sock.settimeout(min(self._read_timeout, left))
+        try:
+            if isinstance(raw, http.client.HTTPResponse):
+                return _read_once(raw, view)
+            n: int = raw.readinto(view)
+            return n
+        except TimeoutError:
+            waited = min(left, self._read_timeout)
+            raise Retryable(
+                TransientError(f"{what}: the body stalled (no byte for {waited:.1f} s)")
+            ) from None
+        except http.client.IncompleteRead:
+            raise Retryable(ProtocolError(f"{what}: the response body was cut short")) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise Retryable(
+                TransientError(f"{what}: connection lost while reading ({type(exc).__name__})")
+            ) from None
+
+    def read_error_body(self, response: Response, deadline: Deadline | None = None) -> str:
+        """Up to _MAX_ERROR_BODY bytes of an error answer as text; the response is released."""
+        deadline = deadline or self.deadline(self._read_timeout)
+        buffer = bytearray(_MAX_ERROR_BODY)
+        view = memoryview(buffer)
+        got = 0
+        try:
+            while got < len(buffer):
+                n = self.read_some(response, view[got:], "error body", deadline)
+                if n == 0:
+                    break
+                got += n
+        except Retryable:
+            pass  # the status alone says enough
+        finally:
+            del view
+            self.release(response)
+        return buffer[:got].decode("utf-8", "replace")
+
+    def discard(self, response: Response, deadline: Deadline | None = None) -> None:
+        """Drop an answer we will not use; a short body is read so the connection is kept."""
+        declared = content_length(response)
+        if declared is not None and declared <= _MAX_ERROR_BODY:
+            self.read_error_body(response, deadline)
+        else:
+            self.release(response)
+
+    @staticmethod
+    def release(response: Response) -> None:
+        """Give the connection back to the pool; one with unread body bytes is closed first."""
+        if not response.isclosed():
+            response.close()
+        response.release_conn()
+
+    def _send(
+        self,
+        url: str,
+        headers: Mapping[str, str] | None,
+        auth: bool,
+        deadline: Deadline,
+        what: str,
+    ) -> Response:
+        left = deadline.check(what)
+        sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
+        if auth:
+            sent["Authorization"] = self._api_key
+        timeout = urllib3.Timeout(
+            connect=min(self._connect_timeout, left), read=min(self._read_timeout, left)
+        )
+        try:
+            # Typed as the base class; a PoolManager's answers are always HTTPResponse.
+            return self._pool.urlopen(  # type: ignore[return-value]
+                "GET",
+                url,
+                headers=sent,
+                timeout=timeout,
+                redirect=False,
+                retries=_NO_RETRY,
+                preload_content=False,
+                decode_content=False,
+            )
+        except (urllib3.exceptions.LocationValueError, urllib3.exceptions.URLSchemeUnknown):
+            # A bad URL: retrying won't help.
+            raise ApiError(f"{what}: request failed (InvalidURL)") from None
+        except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as exc:
+            raise Retryable(
+                TransientError(f"{what}: cannot reach the server ({type(exc).__name__})")
+            ) from None
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -251,21 +487,78 @@ class Http:
         return text.replace(self._api_key, "***") if self._api_key else text
 
 
-def content_length(response: requests.Response) -> int | None:
+def _read_once(raw: http.client.HTTPResponse, view: memoryview | bytearray) -> int:
+    """At most one recv of body bytes into `view`, keeping http.client's bookkeeping.
+
+    http.client's own readinto loops until the buffer is full, so a trickling body would
+    never come back to check the deadline; readinto1 of its buffered reader does one read.
+    The body's remaining `length` is kept in step as http.client's readinto keeps it, so a
+    fully read response leaves its connection clean for the pool. Chunked and
+    read-until-close bodies go through http.client's read1, which does the framing.
+    """
+    if raw.fp is None:
+        return 0
+    if raw.chunked or raw.length is None:
+        data = raw.read1(len(view))
+        view[: len(data)] = data
+        return len(data)
+    if raw.length == 0:
+        raw.read()  # marks the response complete and detaches it from the socket
+        return 0
+    target = view[: raw.length] if len(view) > raw.length else view
+    n: int = raw.fp.readinto1(target)
+    if n == 0:
+        raw.read()  # EOF before the declared length: let http.client close
+        return 0
+    raw.length -= n
+    if raw.length == 0:
+        raw.read()
+    return n
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def content_length(response: Response) -> int | None:
     """The Content-Length header as an int, or None when absent or malformed."""
     value = response.headers.get("Content-Length", "")
     return int(value) if value.strip().isdigit() else None
 
 
-def is_json(response: requests.Response) -> bool:
+def is_json(response: Response) -> bool:
     """Content-Type is application/json; unlike the SDK, parameters such as charset are fine."""
     media_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
     return media_type == "application/json"
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    # Only the delta-seconds form; an HTTP-date falls back to the normal backoff.
-    try:
-        return max(0.0, float(response.headers.get("Retry-After", "")))
-    except ValueError:
+def sha256_etag(response: Response) -> str | None:
+    """The ETag as a lowercase SHA-256 hex digest when it is one (the local server's is the
+    asset's SHA-256); None for weak, absent or other ETags."""
+    value = response.headers.get("ETag", "").strip()
+    if value.startswith("W/"):
         return None
+    value = value.strip('"')
+    return value.lower() if _SHA256.fullmatch(value) else None
+
+
+def retry_after_seconds(
+    value: str | None, now: Callable[[], datetime] | None = None
+) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP-date; None if unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, by RFC 5322
+        when = when.replace(tzinfo=timezone.utc)
+    current = now() if now is not None else datetime.now(timezone.utc)
+    return max(0.0, (when - current).total_seconds())

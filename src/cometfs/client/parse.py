@@ -6,6 +6,14 @@ ProtocolError naming the endpoint (`where`) and the field. The rule for what is 
 every key the comet_ml SDK itself needs (E6, E7) plus what a model object cannot do without;
 anything else may be missing or null. `metadata` follows the SDK: a JSON string, an object
 or null is accepted, and unreadable metadata is logged and dropped rather than fatal.
+
+One bad entry never fails a whole listing:
+- version strings (`latestVersion`, `version`, `artifactVersion`) are kept as sent, strict
+  semver or not: the tree decides what to show;
+- an asset whose entry is unusable (a `fileSize` that is not an integer in [0, 2**63), or
+  another field of the wrong type) but which still has a string `assetId` and `fileName`
+  comes back with `problem` set (and size 0), logged once at WARNING; the tree skips it and
+  lists it. An entry that cannot even name itself still fails the listing.
 """
 
 from __future__ import annotations
@@ -17,13 +25,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import semantic_version
-
 from cometfs.errors import ProtocolError
 from cometfs.model import Artifact, ArtifactVersion, Asset
 
 log = logging.getLogger(__name__)
 
+# Sizes must fit a signed 64-bit st_size.
+MAX_SIZE = 1 << 63
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
@@ -65,7 +73,7 @@ def parse_artifact_version(body: Any, where: str = "artifacts/version") -> Artif
     """E6: one version with every LoggedArtifact property."""
     obj = _object(body, where)
     parent = _object(obj.get("artifact"), f"{where} artifact")
-    version = _semver(obj, "artifactVersion", where)
+    version = _str(obj, "artifactVersion", where)
     return ArtifactVersion(
         version_id=_str(obj, "artifactVersionId", where),
         artifact_id=_str(parent, "artifactId", f"{where} artifact"),
@@ -86,9 +94,10 @@ def parse_artifact_version(body: Any, where: str = "artifacts/version") -> Artif
 
 
 def parse_assets(body: Any, where: str = "artifacts/version/files") -> list[Asset]:
-    """E7: every file of a version, remote ones included."""
+    """E7: every file of a version, remote ones included; unusable entries come back with
+    `problem` set (see the module docstring)."""
     items = _object_list(_object(body, where), "files", where)
-    return [_asset(item, f"{where} files[{i}]") for i, item in enumerate(items)]
+    return [_asset_or_problem(item, f"{where} files[{i}]") for i, item in enumerate(items)]
 
 
 def parse_experiment_metadata(body: Any, where: str = "experiment/metadata") -> dict[str, Any]:
@@ -147,8 +156,6 @@ def parse_content_range(value: str | None, where: str) -> tuple[int, int, int | 
 
 def _artifact(obj: Mapping[str, Any], workspace: str, where: str) -> Artifact:
     latest = _opt_str(obj, "latestVersion", where)
-    if latest is not None:
-        _check_semver(latest, "latestVersion", where)
     return Artifact(
         artifact_id=_str(obj, "artifactId", where),
         workspace=workspace,
@@ -163,7 +170,7 @@ def _artifact(obj: Mapping[str, Any], workspace: str, where: str) -> Artifact:
 
 
 def _listed_version(obj: Mapping[str, Any], artifact: Artifact, where: str) -> ArtifactVersion:
-    version = _semver(obj, "version", where)
+    version = _str(obj, "version", where)
     return ArtifactVersion(
         version_id=_str(obj, "artifactVersionId", where),
         artifact_id=artifact.artifact_id,
@@ -184,6 +191,27 @@ def _listed_version(obj: Mapping[str, Any], artifact: Artifact, where: str) -> A
     )
 
 
+def _asset_or_problem(obj: Mapping[str, Any], where: str) -> Asset:
+    try:
+        return _asset(obj, where)
+    except ProtocolError as exc:
+        asset_id, path = obj.get("assetId"), obj.get("fileName")
+        version_id = obj.get("artifactVersionId")
+        if not isinstance(asset_id, str) or not isinstance(path, str):
+            raise
+        log.warning("%s: skipping asset %s (%r): %s", where, asset_id, path, exc)
+        return Asset(
+            asset_id=asset_id,
+            artifact_version_id=version_id if isinstance(version_id, str) else "",
+            logical_path=path,
+            size=0,
+            remote=False,
+            link=None,
+            asset_type="",
+            problem=str(exc),
+        )
+
+
 def _asset(obj: Mapping[str, Any], where: str) -> Asset:
     link = _opt_str(obj, "link", where, required=True)
     path = _str(obj, "fileName", where)
@@ -191,7 +219,7 @@ def _asset(obj: Mapping[str, Any], where: str) -> Asset:
         asset_id=_str(obj, "assetId", where),
         artifact_version_id=_str(obj, "artifactVersionId", where),
         logical_path=path,
-        size=_int(obj, "fileSize", where),
+        size=_size(obj, "fileSize", where),
         # The SDK falls back to `link is not None` when `remote` is missing.
         remote=_bool(obj, "remote", where, default=link is not None),
         link=link,
@@ -238,6 +266,14 @@ def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
     return value
 
 
+def _size(obj: Mapping[str, Any], key: str, where: str) -> int:
+    # st_size is a signed 64-bit field: a larger size would overflow inside pyfuse3.
+    value = _int(obj, key, where)
+    if value >= MAX_SIZE:
+        raise ProtocolError(f"{where}: field {key!r} is {value}, over 2**63 - 1")
+    return value
+
+
 def _opt_int(obj: Mapping[str, Any], key: str, where: str) -> int | None:
     return None if obj.get(key) is None else _int(obj, key, where)
 
@@ -266,16 +302,3 @@ def _object_list(obj: Mapping[str, Any], key: str, where: str) -> list[Mapping[s
     return value
 
 
-def _semver(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = _str(obj, key, where)
-    _check_semver(value, key, where)
-    return value
-
-
-def _check_semver(value: str, key: str, where: str) -> None:
-    try:
-        semantic_version.Version(value)
-    except ValueError:
-        raise ProtocolError(
-            f"{where}: {key} {value[:40]!r} is not a strict semver version"
-        ) from None

@@ -74,7 +74,7 @@ _COUNTERS = (
 class ByteSource(Protocol):
     """Where bytes come from when no cache has them; implemented by the async store facade."""
 
-    async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes:
+    async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes | bytearray:
         """Bytes [start, end) exactly; may raise RangeNotSupported and any CometFSError."""
         ...
 
@@ -426,9 +426,10 @@ class AssetReader:
             return
         self._counts["bytes_fetched"] += len(data)
         blocks: dict[int, bytes] = {}
+        view = memoryview(data)  # slicing a view copies nothing; bytes() copies each block once
         for index in run:
             block_start, block_end = block_bounds(index, self.block_size, key.size)
-            blocks[index] = data[block_start - start : block_end - start]
+            blocks[index] = bytes(view[block_start - start : block_end - start])
             self._complete(key, index, run_slots[index], blocks[index], linger=True)
         await self._store_on_disk(key, blocks, run_slots)
 
