@@ -88,3 +88,13 @@ def test_key_never_in_repr_or_errors(dirs, tmp_path) -> None:
     with pytest.raises(ConfigError) as caught:
         resolve(environ={"COMET_CONFIG": str(broken)}, cwd=cwd, home=home)
     assert "secret-key-123" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://alice:s3cret-pw@127.0.0.1:1", "https://s3cret-pw@comet.example"]
+)
+def test_credentials_in_the_url_are_refused_without_echoing_them(dirs, url) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve(server_url=url, environ={}, cwd=dirs[0], home=dirs[1])
+    assert "s3cret-pw" not in str(caught.value)
+    assert "credentials" in str(caught.value)

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--metadata-ttl", type=_non_negative_float, default=30.0, metavar="SECONDS",
                    help="how long lists of artifacts, versions, aliases and tags are trusted "
                         "(default: 30)")
+    m.add_argument("--timeout", type=_non_negative_float, default=20.0, metavar="SECONDS",
+                   help="total deadline of one server request, retries included; a read "
+                        "waiting longer fails with EIO (default: %(default)s)")
     m.add_argument("--foreground", action="store_true",
                    help="stay attached; Ctrl-C unmounts (default: run in the background)")
     m.add_argument("--allow-non-empty", action="store_true",
@@ -235,6 +238,7 @@ def _mount(args: argparse.Namespace) -> None:
             cache_dir=(args.cache_dir or default_cache_dir(config.server_url)).resolve(),
             cache_size=args.cache_size,
             metadata_ttl=args.metadata_ttl,
+            timeout=args.timeout,
             foreground=args.foreground,
             log_level=args.log_level.upper(),
             log_file=args.log_file.resolve() if args.log_file else None,

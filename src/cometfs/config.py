@@ -38,10 +38,24 @@ class Config:
 
 
 def root_url(url: str) -> str:
-    """Keep only scheme://host[:port], as the SDK does with COMET_URL_OVERRIDE."""
+    """Keep only scheme://host[:port], as the SDK does with COMET_URL_OVERRIDE.
+
+    A URL with `user:password@` is refused, and the message does not repeat it: the
+    password would land in the terminal and in logs, and requests would send it as Basic
+    auth in place of the API key.
+    """
     parts = urlsplit(url.strip())
+    if "@" in parts.netloc:
+        raise ConfigError(
+            "the server URL must not carry credentials (user:password@host); "
+            "give the API key with COMET_API_KEY or ~/.comet.config instead"
+        )
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"server URL must look like http(s)://host[:port], got {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError(f"server URL has a bad port: {url!r}") from None
     return f"{parts.scheme}://{parts.netloc}"
 
 

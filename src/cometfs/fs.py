@@ -14,10 +14,12 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 
+from cometfs.deadlines import Abandoned, DeadlineExceeded, Guard
 from cometfs.errors import CometFSError, NotFound, StaleError, Unauthorized
 from cometfs.reader import AssetReader
 from cometfs.tree import AssetFile, Attributes, Directory, Node, Symlink, Tree, VirtualFile
@@ -42,14 +44,22 @@ def errno_for(exc: BaseException) -> int:
 
 
 def _fuse_errors(
-    handler: Callable[P, Coroutine[Any, Any, R]],
-) -> Callable[P, Coroutine[Any, Any, R]]:
+    handler: Callable[Concatenate[CometFS, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[CometFS, P], Coroutine[Any, Any, R]]:
+    """Run a handler under its request's deadline and map every error to errno."""
+
     @functools.wraps(handler)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    async def wrapper(self: CometFS, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await handler(*args, **kwargs)
+            with self._guard.request(self._requester(args)):
+                return await handler(self, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
+        except Abandoned:
+            raise pyfuse3.FUSEError(errno.EINTR) from None
+        except DeadlineExceeded as exc:
+            log.warning("%s failed: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except CometFSError as exc:
             code = errno_for(exc)
             if code != errno.ENOENT:
@@ -60,6 +70,14 @@ def _fuse_errors(
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+@dataclass(eq=False)
+class _Open:
+    """An open file or directory: what reads are served from, and who opened it."""
+
+    value: Any
+    pid: int
 
 
 async def _read_only(*_: Any, **__: Any) -> Any:
@@ -78,6 +96,7 @@ class CometFS(pyfuse3.Operations):
         gid: int,
         cache_bytes: Callable[[], int] = int,
         cache_capacity: Callable[[], int] = int,
+        guard: Guard | None = None,
     ) -> None:
         super().__init__()
         self._tree = tree
@@ -86,7 +105,8 @@ class CometFS(pyfuse3.Operations):
         self._gid = gid
         self._cache_bytes = cache_bytes
         self._cache_capacity = cache_capacity
-        self._handles: dict[int, Any] = {}
+        self._guard = guard or Guard(deadline=float("inf"))
+        self._handles: dict[int, _Open] = {}
         self._next_fh = itertools.count(1)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -111,16 +131,24 @@ class CometFS(pyfuse3.Operations):
     async def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         return self._entry(await self._tree.attributes(node))
 
-    def _new_handle(self, value: Any) -> int:
+    def _new_handle(self, value: Any, ctx: pyfuse3.RequestContext) -> int:
         fh = next(self._next_fh)
-        self._handles[fh] = value
+        self._handles[fh] = _Open(value, ctx.pid)
         return fh
 
     def _handle(self, fh: int) -> Any:
         try:
-            return self._handles[fh]
+            return self._handles[fh].value
         except KeyError:
             raise pyfuse3.FUSEError(errno.EBADF) from None
+
+    def _requester(self, args: tuple[Any, ...]) -> int | None:
+        """The pid behind a request: from its context, or (read, readdir) its open handle."""
+        if args and isinstance(args[-1], pyfuse3.RequestContext):
+            return int(args[-1].pid)
+        if args and isinstance(args[0], int) and args[0] in self._handles:
+            return self._handles[args[0]].pid
+        return None
 
     # -- names and attributes ---------------------------------------------------------------
 
@@ -164,7 +192,7 @@ class CometFS(pyfuse3.Operations):
         if not isinstance(node, Directory):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         # A snapshot per handle keeps readdir offsets stable while the listing refreshes.
-        return self._new_handle(list((await self._tree.children(node)).items()))
+        return self._new_handle(list((await self._tree.children(node)).items()), ctx)
 
     @_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -186,11 +214,11 @@ class CometFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         node = self._tree.node(inode)
         if isinstance(node, AssetFile):
-            fh = self._new_handle(self._reader.open(node.key))
+            fh = self._new_handle(self._reader.open(node.key), ctx)
             return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         if isinstance(node, VirtualFile):
             # Reads see the content as it was at open, so a refresh never tears a file.
-            fh = self._new_handle(await self._tree.content(node))
+            fh = self._new_handle(await self._tree.content(node), ctx)
             return pyfuse3.FileInfo(fh=fh, keep_cache=node.immutable, direct_io=node.live)
         raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
 
@@ -206,11 +234,8 @@ class CometFS(pyfuse3.Operations):
 
     releasedir = release
 
-    async def flush(self, fh: int) -> None:
-        return None
-
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        return None
+    # flush and fsync are left to pyfuse3's ENOSYS: the kernel remembers it and stops sending
+    # them, where a no-op answer cost a round trip on every close.
 
     # -- the filesystem --------------------------------------------------------------------------
 

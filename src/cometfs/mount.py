@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import trio
 from cometfs import __version__
 from cometfs.client import CometClient
 from cometfs.config import Config
+from cometfs.deadlines import Guard
 from cometfs.errors import CometFSError, NotFound, TransientError, Unauthorized
 from cometfs.fs import CometFS
 from cometfs.reader import AssetReader
@@ -39,6 +41,14 @@ from cometfs.readpath import default_cache_dir as default_cache_dir  # cli.py im
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
+# The total deadline of one server request, retries included (`--timeout`).
+DEFAULT_TIMEOUT = 20.0
+# A FUSE request may wait this much longer than one server request (a read can wait for a
+# fetch that started a little before it) before it is answered EIO regardless.
+_FUSE_DEADLINE_MARGIN = 10.0
+# Signals that unmount cleanly. SIGHUP too: a daemon has no terminal to hang up, so a HUP
+# is someone asking it to stop.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # The kernel's default readahead cuts sequential reads into 128 KiB FUSE requests; 1 MiB
 # requests cost an eighth of the round trips (measured: re-reads ~3x faster).
 READ_AHEAD_KB = 1024
@@ -51,6 +61,7 @@ class MountOptions:
     cache_dir: Path
     cache_size: int
     metadata_ttl: float = 30.0
+    timeout: float = DEFAULT_TIMEOUT
     foreground: bool = False
     log_level: str = "WARNING"
     log_file: Path | None = None
@@ -81,8 +92,8 @@ def check_access(client: CometClient, config: Config) -> None:
         raise MountError(f"{config.server_url} did not answer like a Comet server: {exc}") from None
 
 
-def _make_client(config: Config) -> CometClient:
-    return CometClient(config.server_url, config.require_key())
+def _make_client(config: Config, timeout: float = DEFAULT_TIMEOUT) -> CometClient:
+    return CometClient(config.server_url, config.require_key(), timeout=timeout)
 
 
 def _check_mountpoint(mountpoint: Path, allow_non_empty: bool = False) -> None:
@@ -113,11 +124,23 @@ def _check_mountpoint(mountpoint: Path, allow_non_empty: bool = False) -> None:
         )
 
 
-def _fuse_options(extra: tuple[str, ...]) -> set[str]:
-    options = set(pyfuse3.default_options)
-    options |= {"fsname=cometfs", "subtype=cometfs", "ro"}
+# Options the mount sets itself and a user may not turn around.
+_CONTRADICTIONS = {"rw": "the filesystem is read-only", "dev": "device files are never shown",
+                   "suid": "setuid bits are never honoured"}
+
+
+def fuse_options(extra: tuple[str, ...]) -> set[str]:
+    """pyfuse3's defaults, ours and the user's `-o` options.
+
+    An option that contradicts ours is refused rather than merged: in a set, which of `ro`
+    and `rw` wins would depend on hash order."""
+    options = {*pyfuse3.default_options, "fsname=cometfs", "subtype=cometfs", "ro"}
     for item in extra:
-        options |= {part.strip() for part in item.split(",") if part.strip()}
+        for part in (p.strip() for p in item.split(",")):
+            if part in _CONTRADICTIONS:
+                raise MountError(f"-o {part} is not allowed: {_CONTRADICTIONS[part]}")
+            if part:
+                options.add(part)
     return options
 
 
@@ -158,33 +181,37 @@ async def _run(options: MountOptions, client: CometClient, ready: Callable[[], N
         mount_time_ns=int(mounted_at * 1e9),
     )
     disk, reader, tree = graph.disk, graph.reader, graph.tree
+    guard = Guard(deadline=options.timeout + _FUSE_DEADLINE_MARGIN)
     fs = CometFS(
         tree, reader, uid=os.getuid(), gid=os.getgid(),
-        cache_bytes=disk.usage, cache_capacity=lambda: disk.capacity,
+        cache_bytes=disk.usage, cache_capacity=lambda: disk.capacity, guard=guard,
     )
-    pyfuse3.init(fs, str(options.mountpoint), _fuse_options(options.fuse_options))
-    terminated = False
+    pyfuse3.init(fs, str(options.mountpoint), fuse_options(options.fuse_options))
+    clean_exit = False
     try:
         async with reader, trio.open_nursery() as nursery:
 
             async def on_signal() -> None:
-                nonlocal terminated
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
                     async for signum in signals:
                         log.info("signal %d: unmounting", signum)
-                        terminated = True
                         pyfuse3.terminate()
                         return
 
             nursery.start_soon(on_signal)
+            nursery.start_soon(guard.watch)
             ready()
             # Runs in a thread: its stat() is answered by pyfuse3.main below.
             nursery.start_soon(trio.to_thread.run_sync, _raise_readahead, options.mountpoint)
             await pyfuse3.main()
+            clean_exit = True
             nursery.cancel_scope.cancel()
     finally:
-        # After an external `fusermount3 -u` the kernel side is gone already.
-        pyfuse3.close(unmount=terminated or os.path.ismount(options.mountpoint))
+        # Unmount only on a signal or a clean exit. After a crash the mount stays (ENOTCONN)
+        # until `cometfs unmount`, so a tool reading it fails loudly instead of finding an
+        # empty directory (an `rsync --delete` from it would wipe the mirror). After an
+        # external `fusermount3 -u` the kernel side is gone already.
+        pyfuse3.close(unmount=clean_exit and os.path.ismount(options.mountpoint))
         client.close()
 
 
@@ -217,7 +244,8 @@ def _setup_logging(level: str, log_file: Path | None, to_stderr: bool) -> None:
 def mount(options: MountOptions) -> None:
     """Mount and, unless in the foreground, return once the mount answers."""
     _check_mountpoint(options.mountpoint, options.allow_non_empty)
-    client = _make_client(options.config)
+    fuse_options(options.fuse_options)  # refuse contradicting options before anything else
+    client = _make_client(options.config, options.timeout)
     try:
         check_access(client, options.config)
     finally:
@@ -225,7 +253,7 @@ def mount(options: MountOptions) -> None:
 
     if options.foreground:
         _setup_logging(options.log_level, options.log_file, to_stderr=True)
-        trio.run(_run, options, _make_client(options.config), lambda: None)
+        trio.run(_run, options, _make_client(options.config, options.timeout), lambda: None)
         return
 
     read_end, write_end = os.pipe()
@@ -239,6 +267,18 @@ def mount(options: MountOptions) -> None:
 
 def _daemon_child(options: MountOptions, report_fd: int) -> None:
     code = 0
+    reported = False
+
+    def report(message: bytes) -> None:
+        # Once: after that the descriptor is closed and its number may belong to another file.
+        nonlocal reported
+        if not reported:
+            reported = True
+            try:
+                os.write(report_fd, message)
+            finally:
+                os.close(report_fd)
+
     try:
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -247,15 +287,12 @@ def _daemon_child(options: MountOptions, report_fd: int) -> None:
         os.chdir("/")
         _setup_logging(options.log_level, options.log_file, to_stderr=False)
 
-        def ready() -> None:
-            os.write(report_fd, b"ok\n")
-            os.close(report_fd)
-
-        trio.run(_run, options, _make_client(options.config), ready)
+        client = _make_client(options.config, options.timeout)
+        trio.run(_run, options, client, lambda: report(b"ok\n"))
     except BaseException as exc:  # reported to the waiting parent; nothing else can see it
         log.exception("mount process failed")
         with contextlib.suppress(OSError):
-            os.write(report_fd, f"error: {exc}\n".encode(errors="replace"))
+            report(f"error: {exc}\n".encode(errors="replace"))
         code = 1
     finally:
         os._exit(code)
@@ -277,12 +314,31 @@ def _wait_ready(read_end: int, pid: int, mountpoint: Path) -> None:
     os.close(read_end)
     text = message.decode(errors="replace").strip()
     if text == "ok":
-        os.stat(mountpoint)  # returns once the mount answers requests
+        _wait_answering(mountpoint, deadline)
         return
     if not text:
         os.kill(pid, signal.SIGTERM)
         text = "the mount process did not report back in time"
     raise MountError(text.removeprefix("error: "))
+
+
+def _wait_answering(mountpoint: Path, deadline: float) -> None:
+    """Return once the mount answers a stat(); a stat that hangs must not hang us."""
+    done = threading.Event()
+    failure: list[OSError] = []
+
+    def probe() -> None:
+        try:
+            os.stat(mountpoint)
+        except OSError as exc:
+            failure.append(exc)
+        done.set()
+
+    threading.Thread(target=probe, name="mount-probe", daemon=True).start()
+    if not done.wait(max(1.0, deadline - time.monotonic())):
+        raise MountError(f"the mount at {mountpoint} did not answer within {READY_TIMEOUT:g}s")
+    if failure:
+        raise MountError(f"the mount at {mountpoint} does not answer: {failure[0].strerror}")
 
 
 class MountBusy(MountError):

@@ -248,3 +248,18 @@ def test_changed_bytes_of_a_version_are_estale_not_served(store, make_server, mo
     with pytest.raises(OSError) as caught:
         path.read_bytes()
     assert caught.value.errno == errno.ESTALE
+
+
+def test_names_the_cached_listing_did_not_show_resolve(store, make_server, mount_factory):
+    add(store, "model", {"w.bin": b"one"}, version="1.0.0")
+    server = make_server(store=store)
+    mount = mount_factory(server, "--metadata-ttl", "3600")
+    artifact = mount.path / WS / "model"
+    assert sorted(os.listdir(artifact)) == [".comet", "1.0.0", "latest"]
+    add(store, "model", {"w.bin": b"two"}, version="2.0.0", aliases=["fresh"])
+    add(store, "other", {"x.bin": b"x"}, version="1.0.0")
+    # The listings are cached for an hour and do not show these names; lookups still work.
+    assert (artifact / "2.0.0" / "w.bin").read_bytes() == b"two"
+    assert os.readlink(artifact / "fresh") == "2.0.0"
+    assert (mount.path / WS / "other" / "1.0.0" / "x.bin").read_bytes() == b"x"
+    assert not (artifact / "9.9.9").exists()

@@ -212,11 +212,23 @@ def test_reread_served_from_memory_and_disk_cache(world, mount_factory) -> None:
         for logical, content in small.items():
             assert (version_dir(m, "2.0.0") / logical).read_bytes() == content
 
+    def cache_stats(m: Mount) -> dict[str, int]:
+        status = (m.path / ".comet" / "status.json").read_text()
+        return dict(json.loads(status)["cache"])
+
     read_all(mount)
     assert asset_requests(server), "the first read must fetch bytes"
     server.request_log.clear()
+    # Drop the kernel's page cache, so the second read has to reach the mount: what answers
+    # it then is the mount's memory cache (its hit counter grows, the server sees nothing).
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    before = cache_stats(mount)
     read_all(mount)
+    after = cache_stats(mount)
     assert asset_requests(server) == []
+    assert after["hits_memory"] - before["hits_memory"] >= len(small)
+    assert after["hits_disk"] == before["hits_disk"]
     mount.stop()
 
     again = mount_factory(server, key=KEY, cache_dir=mount.cache_dir)
