@@ -411,7 +411,8 @@ class Tree:
 
     def _root_meta(self) -> Directory:
         async def render_status() -> bytes:
-            return render_json(dict(self._status()))
+            # The listing counters (stale listings served, cached errors) come with the rest.
+            return render_json({**self._status(), "metadata": self._store.stats()})
 
         status = self._virtual(
             ("status",), self._now_ns, render_status, immutable=False, live=True
@@ -610,11 +611,12 @@ class Tree:
         placed = map_asset_paths(
             [assets[i].logical_path for i in shown], [assets[i].asset_id for i in shown]
         )
-        mapped = [replace(m, index=shown[m.index]) for m in placed]
+        mapped = [MappedPath(shown[m.index], m.logical_path, m.path, m.reason) for m in placed]
 
         # Nested directories are built eagerly from the one asset listing; remote links are
         # placed once every real entry is, so none can name one (see remote_link_refusal).
         dirs: dict[tuple[str, ...], dict[str, Node]] = {(): {}}
+        names: dict[tuple[str, ...], set[str]] = {(): set()}
         remotes: list[tuple[tuple[str, ...], MappedPath]] = []
         for mapping in mapped:
             parts = tuple(mapping.path.split("/"))
@@ -622,9 +624,9 @@ class Tree:
                 prefix = parts[:depth]
                 if prefix not in dirs:
                     dirs[prefix] = {}
-                    dirs[prefix[:-1]][prefix[-1]] = self._fixed_dir(
-                        (*base, "dir", prefix), mtime, dirs[prefix]
-                    )
+                    names[prefix] = set()
+                    names[prefix[:-1]].add(prefix[-1])
+            names[parts[:-1]].add(parts[-1])
             asset = assets[mapping.index]
             if asset.remote:
                 remotes.append((parts, mapping))
@@ -635,17 +637,21 @@ class Tree:
         for parts, mapping in remotes:
             asset = assets[mapping.index]
             link = asset.link or ""
-            directory = dirs[parts[:-1]]
             refusal = remote_link_refusal(link, "/".join(parts[:-1]))
-            first = link.split("/", 1)[0]
-            if refusal is None and (first in directory or first == parts[-1]):
+            if refusal is None and link.split("/", 1)[0] in names[parts[:-1]]:
                 refusal = "remote link would resolve to an entry of the version"
             if refusal is not None:
                 skipped[mapping.index] = refusal
                 continue
-            directory[parts[-1]] = self._symlink(
+            dirs[parts[:-1]][parts[-1]] = self._symlink(
                 (*base, "remote", asset.asset_id), mtime, link, immutable=True
             )
+        # Deepest first, so each directory's listing is complete when it is filled.
+        for prefix in sorted(dirs, key=len, reverse=True):
+            if prefix:
+                dirs[prefix[:-1]][prefix[-1]] = self._fixed_dir(
+                    (*base, "dir", prefix), mtime, dirs[prefix]
+                )
         mapped = [m for m in mapped if m.index not in skipped]
         for index, reason in skipped.items():
             self._warn_once(
