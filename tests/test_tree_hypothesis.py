@@ -68,7 +68,7 @@ def strict_semver(value: str) -> bool:
     return True
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(versions, assets()), min_size=1, max_size=4))
 def test_the_tree_matches_the_reference_model(listing: list[tuple[str, list[Asset]]]) -> None:
     comet = FakeComet()
@@ -109,7 +109,10 @@ def test_the_tree_matches_the_reference_model(listing: list[tuple[str, list[Asse
                    if m["path"] is None}
         for entry in assets_json:
             source = next(a for a in listed if a.logical_path == entry["logical_path"]
-                          and a.asset_id == entry["id"] and a.link == entry["link"])
+                          and a.asset_id == entry["id"] and a.link == entry["link"]
+                          and a.remote == entry["remote"]
+                          and (entry["path"] is None) == (a.problem is not None or (
+                              a.remote and entry["path"] is None)))
             if entry["path"] is None:
                 assert (source.logical_path, source.asset_id) in {u[:2] for u in unshown}
                 assert source.problem is not None or source.remote
