@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -98,3 +100,20 @@ def test_only_uris_that_stay_inside_may_become_symlinks() -> None:
     assert remote_link_refusal("s3://" + "x" * 4090) is None
     for dotted in ("s3://b/../../..", "s3:/..", "s3://b/./x", "a:/.."):
         assert remote_link_refusal(dotted) is not None, dotted
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010), max_size=8))
+def test_lone_surrogates_become_encodable_names(name: str) -> None:
+    """JSON can carry "\\ud800"; a name the kernel gets must encode, or readdir fails."""
+    assert unescape_name(escape_name(name)) == name
+    os.fsencode(file_name(name))
+    for mapped in map_asset_paths([f"dir/{name}x"], ["id"]):
+        os.fsencode(mapped.path)
+    assert remote_link_refusal("s3://b/\ud800") == NOT_A_URI
+
+
+def test_a_long_duplicate_still_fits_name_max() -> None:
+    long = "a" * 300
+    mapped = map_asset_paths([long, long, "d/" + long, "d/" + long], ["i1", "i2", "x" * 300, "y"])
+    assert len({m.path for m in mapped}) == 4
+    assert all(len(part.encode()) <= NAME_MAX for m in mapped for part in m.path.split("/"))

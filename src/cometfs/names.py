@@ -23,6 +23,14 @@ PATH_MAX = 4095
 RESERVED = ".comet"
 NOT_A_URI = "remote link is not a URI"
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_CODE = re.compile("%u(D[89A-F][0-9A-F]{2})")
+
+
+def _surrogate_code(match: re.Match[str]) -> str:
+    return f"%u{ord(match.group()):04X}"
+
+
 # RFC 3986: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ), then ':'.
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
@@ -31,9 +39,11 @@ def escape_name(name: str) -> str:
     """Reversible file name for a workspace/artifact/alias name.
 
     '%' '/' and NUL are percent-encoded; a leading '.' too, so no name can be '.', '..'
-    or collide with the reserved '.comet' directory.
+    or collide with the reserved '.comet' directory. A lone surrogate (JSON allows
+    "\\ud800", a file name cannot hold it) becomes '%uD800'.
     """
     out = name.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")
+    out = _SURROGATE.sub(_surrogate_code, out)
     if out.startswith("."):
         out = "%2E" + out[1:]
     return out or "%"
@@ -47,7 +57,10 @@ def unescape_name(escaped: str) -> str | None:
     i = 0
     codes = {"%25": "%", "%2F": "/", "%00": "\0", "%2E": "."}
     while i < len(escaped):
-        if escaped[i] == "%":
+        if escaped.startswith("%u", i) and _SURROGATE_CODE.fullmatch(escaped[i : i + 6]):
+            out.append(chr(int(escaped[i + 2 : i + 6], 16)))
+            i += 6
+        elif escaped[i] == "%":
             code = escaped[i : i + 3]
             if code not in codes:
                 return None
@@ -105,6 +118,9 @@ def _safe_component(component: str, first: bool) -> tuple[str, str | None]:
         reason: str | None = "NUL in name"
     else:
         reason = None
+    if _SURROGATE.search(component):
+        component = _SURROGATE.sub(_surrogate_code, component)
+        reason = "; ".join(filter(None, [reason, "not valid UTF-8"]))
     if first and component == RESERVED:
         return "%2Ecomet", "collides with .comet"
     if len(component.encode("utf-8", "surrogatepass")) > NAME_MAX:
@@ -133,7 +149,8 @@ def _safe_path(logical: str) -> tuple[list[str], str | None]:
 def _with_suffix(parts: list[str], suffix: str) -> list[str]:
     last = parts[-1] + suffix
     if len(last.encode("utf-8", "surrogatepass")) > NAME_MAX:
-        last = _short(parts[-1]) + suffix
+        # The hash covers the suffix, so the shortened loser still differs from the winner.
+        last = _short(last)
     return [*parts[:-1], last]
 
 
@@ -184,7 +201,7 @@ def remote_link_refusal(link: str | None, directory: str = "") -> str | None:
     cannot loop (ELOOP) or make `cp -rL` copy anything. Any other link is not shown on disk;
     it stays listed in `.comet/assets.json` and `.comet/path-map.json` with the reason.
     """
-    if not isinstance(link, str) or not link or "\0" in link:
+    if not isinstance(link, str) or not link or "\0" in link or _SURROGATE.search(link):
         return NOT_A_URI
     if len(link.encode("utf-8", "surrogatepass")) > PATH_MAX:
         return f"remote link longer than {PATH_MAX} bytes"

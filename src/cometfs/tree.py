@@ -114,8 +114,12 @@ class Attributes:
 
 
 def render_json(value: Any) -> bytes:
-    """The one JSON style of every virtual file: sorted, indented, newline-terminated."""
-    return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    """The one JSON style of every virtual file: sorted, indented, newline-terminated.
+
+    A lone surrogate from a listing is written as its JSON escape (backslashreplace gives
+    exactly `\\ud800`), so the document stays valid UTF-8 and reads back the same."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _ms_to_ns(ms: int | None, default_ns: int) -> int:
@@ -611,7 +615,9 @@ class Tree:
         placed = map_asset_paths(
             [assets[i].logical_path for i in shown], [assets[i].asset_id for i in shown]
         )
-        mapped = [MappedPath(shown[m.index], m.logical_path, m.path, m.reason) for m in placed]
+        mapped = placed if not skipped else [
+            MappedPath(shown[m.index], m.logical_path, m.path, m.reason) for m in placed
+        ]
 
         # Nested directories are built eagerly from the one asset listing; remote links are
         # placed once every real entry is, so none can name one (see remote_link_refusal).
@@ -652,7 +658,8 @@ class Tree:
                 dirs[prefix[:-1]][prefix[-1]] = self._fixed_dir(
                     (*base, "dir", prefix), mtime, dirs[prefix]
                 )
-        mapped = [m for m in mapped if m.index not in skipped]
+        if len(skipped) > len(assets) - len(mapped):  # a remote link was refused above
+            mapped = [m for m in mapped if m.index not in skipped]
         for index, reason in skipped.items():
             self._warn_once(
                 ("asset", where, assets[index].asset_id), "skipping asset %r of %s: %s",
@@ -735,7 +742,7 @@ class Tree:
             ])
 
         async def source() -> bytes:
-            return f"{ws}/{name}:{version}\n".encode()
+            return f"{ws}/{name}:{version}\n".encode("utf-8", "backslashreplace")
 
         async def source_experiment_json() -> bytes:
             key = details.source_experiment_key
