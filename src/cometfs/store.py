@@ -186,7 +186,8 @@ class Store:
                     stale: T = self._serve_stale(key, entry, error.error)
                     return stale
                 self._errors_cached += 1
-                raise error.error
+                # A fresh traceback per raise: re-raising one object would grow its chain.
+                raise error.error.with_traceback(None)
 
         async def compute() -> T:
             try:
