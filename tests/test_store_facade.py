@@ -1,16 +1,19 @@
 """The async Store facade: one request for concurrent identical calls, TTLs for what can
-change, no expiry for what a version holds, failures shared but never cached."""
+change, no expiry for what a version holds, failures shared and cached briefly (NotFound for
+the TTL), stale listings served through an outage, bytes on their own threads."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
-from cometfs.errors import NotFound
+from cometfs.errors import ApiError, NotFound, ProtocolError, TransientError, Unauthorized
 from cometfs.model import Artifact, AssetKey
 from cometfs.store import Store
 
@@ -21,6 +24,7 @@ class FakeClient:
         self.gate = threading.Event()
         self.gate.set()
         self.fail: Exception | None = None
+        self.listing = ["ws"]
 
     def _call(self, name: str) -> None:
         self.calls[name] += 1
@@ -30,7 +34,7 @@ class FakeClient:
 
     def workspaces(self) -> list[str]:
         self._call("workspaces")
-        return ["ws"]
+        return list(self.listing)
 
     def artifacts(self, workspace: str, artifact_type: str | None = None) -> list[Artifact]:
         self._call("artifacts")
@@ -104,9 +108,10 @@ def test_mutable_lists_expire_after_the_ttl_and_version_contents_do_not() -> Non
     trio.run(main)
 
 
-def test_a_failure_reaches_every_waiter_and_is_not_cached() -> None:
+def test_a_failure_reaches_every_waiter_and_not_found_is_cached_for_the_ttl() -> None:
     client = FakeClient()
-    store = Store(client, clock=Clock())  # type: ignore[arg-type]
+    clock = Clock()
+    store = Store(client, clock=clock)  # type: ignore[arg-type]
     client.fail = NotFound("gone")
 
     async def main() -> None:
@@ -126,6 +131,10 @@ def test_a_failure_reaches_every_waiter_and_is_not_cached() -> None:
             client.gate.set()
         assert len(errors) == 3 and client.calls["workspaces"] == 1
         client.fail = None
+        with pytest.raises(NotFound):
+            await store.workspaces()  # the answer stands for the metadata TTL
+        assert client.calls["workspaces"] == 1
+        clock.now = 30.0
         assert await store.workspaces() == ["ws"]
         assert client.calls["workspaces"] == 2
 
@@ -149,3 +158,136 @@ def test_stream_hands_chunks_to_the_sink_on_the_trio_thread() -> None:
     assert chunks == [b"ab", b"cd"]
     assert set(trio_thread) == {threading.get_ident()}
 
+
+
+def test_two_hundred_lookups_of_a_missing_name_cost_one_request() -> None:
+    client = FakeClient()
+    client.fail = NotFound("no such workspace")
+    store = Store(client, clock=Clock())  # type: ignore[arg-type]
+
+    async def main() -> None:
+        for _ in range(200):
+            with pytest.raises(NotFound):
+                await store.artifacts("missing")
+
+    trio.run(main)
+    assert client.calls["artifacts"] == 1
+    assert store.stats()["errors_cached"] == 199
+
+
+@pytest.mark.parametrize("outage", [
+    TransientError("connection refused"),
+    ProtocolError("not JSON"),
+    ApiError("bad gateway", status=502),
+])
+def test_an_expired_listing_is_served_stale_through_an_outage(
+    outage: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = FakeClient()
+    clock = Clock()
+    store = Store(client, clock=clock)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        assert await store.workspaces() == ["ws"]
+        client.fail = outage
+        for step in range(5):
+            clock.now = 30.0 + step * 10
+            assert await store.workspaces() == ["ws"]
+        client.fail = None
+        client.listing = ["ws", "new"]
+        clock.now = 100.0
+        assert await store.workspaces() == ["ws", "new"]
+
+    with caplog.at_level(logging.WARNING, logger="cometfs.store"):
+        trio.run(main)
+    assert store.stats()["stale_served"] == 5
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+@pytest.mark.parametrize("answer", [NotFound("deleted"), Unauthorized("key revoked")])
+def test_not_found_and_unauthorized_are_answers_not_outages(answer: Exception) -> None:
+    client = FakeClient()
+    clock = Clock()
+    store = Store(client, clock=clock)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        await store.workspaces()
+        client.fail = answer
+        clock.now = 31.0
+        with pytest.raises(type(answer)):
+            await store.workspaces()
+
+    trio.run(main)
+    assert store.stats()["stale_served"] == 0
+
+
+def test_a_dead_server_is_asked_again_only_after_the_error_ttl() -> None:
+    client = FakeClient()
+    client.fail = TransientError("down")
+    clock = Clock()
+    store = Store(client, clock=clock)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        for step in range(42):
+            clock.now = step * 0.04  # 42 lookups in under 2 s
+            with pytest.raises(TransientError):
+                await store.workspaces()
+        assert client.calls["workspaces"] == 1
+        clock.now = 2.5
+        with pytest.raises(TransientError):
+            await store.workspaces()
+        assert client.calls["workspaces"] == 2
+
+    trio.run(main)
+
+
+def test_a_hit_read_as_it_expires_is_not_a_key_error() -> None:
+    """`if key in cache: cache[key]` on a TTLCache raised KeyError when the clock crossed
+    the expiry between the two calls; one .get cannot."""
+    client = FakeClient()
+    script: list[float] = []
+
+    def clock() -> float:
+        return script.pop(0) if script else 30.001
+
+    store = Store(client, clock=clock)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        script.extend([0.0] * 8)
+        assert await store.workspaces() == ["ws"]
+        script.clear()
+        script.append(29.999)  # the check sees a fresh entry, a second read would not
+        assert await store.workspaces() == ["ws"]
+
+    trio.run(main)
+
+
+class BlockingBytes(FakeClient):
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.started = threading.Semaphore(0)
+
+    def read_range(self, *_: Any, **__: Any) -> bytes:
+        self.started.release()
+        assert self.release.wait(10)
+        return b"x"
+
+
+def test_listings_never_wait_behind_byte_fetches() -> None:
+    client = BlockingBytes()
+    store = Store(client, clock=Clock(), max_threads=2)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):  # every thread the listing limiter has
+                nursery.start_soon(store.fetch_range, AssetKey("v", "a", 1), 0, 1)
+            for _ in range(2):
+                await trio.to_thread.run_sync(client.started.acquire)
+            try:
+                with trio.fail_after(5):
+                    assert await store.workspaces() == ["ws"]
+            finally:
+                client.release.set()
+
+    trio.run(main)

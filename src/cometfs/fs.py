@@ -181,8 +181,12 @@ class CometFS(pyfuse3.Operations):
         return True
 
     async def forget(self, inode_list: Any) -> None:
-        # Inodes are never reused and nodes are cheap: nothing to release.
-        return None
+        # No request to answer, so nothing may escape: a bad entry is logged and skipped.
+        for inode, nlookup in inode_list:
+            try:
+                self._tree.forget(inode, nlookup)
+            except Exception:
+                log.exception("forget(%d, %d) failed", inode, nlookup)
 
     # -- directories -------------------------------------------------------------------------
 
@@ -217,9 +221,13 @@ class CometFS(pyfuse3.Operations):
             fh = self._new_handle(self._reader.open(node.key), ctx)
             return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         if isinstance(node, VirtualFile):
-            # Reads see the content as it was at open, so a refresh never tears a file.
+            # Reads see the document as it was at open, so a refresh never tears a file; an
+            # editable one also bypasses the page cache (direct_io), whose size may be an
+            # earlier render's and would cut the read short.
             fh = self._new_handle(await self._tree.content(node), ctx)
-            return pyfuse3.FileInfo(fh=fh, keep_cache=node.immutable, direct_io=node.live)
+            return pyfuse3.FileInfo(
+                fh=fh, keep_cache=node.immutable, direct_io=not node.immutable
+            )
         raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
 
     @_fuse_errors

@@ -1,24 +1,46 @@
 """Async facade over the blocking REST client, used by the tree and the reader.
 
-Runs on the trio thread; every client call goes to a worker thread through one
-CapacityLimiter. Lists that can change (workspaces, artifacts, versions, aliases) sit in
-TTL caches; what an immutable version holds (its details, asset list, bytes) is cached
-without expiry. Concurrent identical calls share one request (single-flight).
+Runs on the trio thread; every client call goes to a worker thread. Listings and byte
+fetches have separate CapacityLimiters, so a burst of downloads never makes an `ls` wait.
+Lists that can change (workspaces, artifacts, versions, aliases) are fresh for the metadata
+TTL; what an immutable version holds (its details, asset list) is cached without expiry.
+Concurrent identical calls share one request (single-flight).
+
+Failures are remembered too, so that a dead server or a missing name is not asked again on
+every lookup: NotFound for the metadata TTL (200 stats of a missing name cost one request),
+any other error for ERROR_TTL. When an expired listing cannot be refreshed because of an
+outage (TransientError, ProtocolError, RateLimited, an ApiError with a 5xx status), the
+stale copy is served instead (stale-if-error), logged once per listing and counted in
+stats(); NotFound and Unauthorized are answers, not outages, and are never masked.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import trio
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 
-from cometfs.errors import TransientError
+from cometfs.errors import (
+    ApiError,
+    NotFound,
+    ProtocolError,
+    RateLimited,
+    TransientError,
+    Unauthorized,
+)
 from cometfs.model import Artifact, ArtifactVersion, Asset, AssetKey
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+
+ERROR_TTL = 2.0
+CACHE_ENTRIES = 4096
 
 
 class RestClient(Protocol):
@@ -40,6 +62,15 @@ class RestClient(Protocol):
         self, asset_id: str, version_id: str, *, chunk_size: int = ...,
         expected_size: int | None = None,
     ) -> Any: ...
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True for failures that say nothing about the data (the server or network is unwell)."""
+    if isinstance(exc, NotFound | Unauthorized):
+        return False
+    if isinstance(exc, TransientError | ProtocolError | RateLimited):
+        return True
+    return isinstance(exc, ApiError) and exc.status is not None and exc.status >= 500
 
 
 class _SingleFlight:
@@ -77,6 +108,18 @@ class _Flight:
         self.error: Exception | None = None
 
 
+@dataclass
+class _Entry:
+    """A cached answer (value or error) and when it was obtained."""
+
+    at: float
+    value: Any = None
+    error: Exception | None = None
+
+
+_MISSING = _Entry(at=float("-inf"))
+
+
 class Store:
     """Cached, single-flight async access to one Comet server."""
 
@@ -87,40 +130,84 @@ class Store:
         metadata_ttl: float = 30.0,
         max_threads: int = 8,
         clock: Callable[[], float] = time.monotonic,
+        error_ttl: float = ERROR_TTL,
     ) -> None:
         self._client = client
+        self._ttl = metadata_ttl
+        self._error_ttl = min(error_ttl, metadata_ttl)
+        self._clock = clock
         self._limiter = trio.CapacityLimiter(max_threads)
-        # A stream holds its thread for a whole download; its own limiter keeps long
-        # downloads from starving listings and range reads.
+        # Bytes have their own limiters: range reads and whole-asset streams hold threads for
+        # as long as a download takes, and a listing must never queue behind them.
+        self._fetch_limiter = trio.CapacityLimiter(max_threads)
         self._stream_limiter = trio.CapacityLimiter(max(1, max_threads // 2))
-        self._mutable: TTLCache[Hashable, Any] = TTLCache(
-            maxsize=4096, ttl=metadata_ttl, timer=clock
-        )
-        self._immutable: LRUCache[Hashable, Any] = LRUCache(maxsize=4096)
+        # Values stay past their TTL (evicted only by size) so an outage can serve them stale.
+        self._mutable: LRUCache[Hashable, _Entry] = LRUCache(maxsize=CACHE_ENTRIES)
+        self._immutable: LRUCache[Hashable, _Entry] = LRUCache(maxsize=CACHE_ENTRIES)
+        # The last error per key, kept apart so a failed refresh never evicts a stale value.
+        self._errors: LRUCache[Hashable, _Entry] = LRUCache(maxsize=CACHE_ENTRIES)
+        self._warned: LRUCache[Hashable, bool] = LRUCache(maxsize=CACHE_ENTRIES)
         self._flights = _SingleFlight()
+        self._stale_served = 0
+        self._errors_cached = 0
+
+    def stats(self) -> dict[str, int]:
+        """Counters for status.json: stale listings served and cached errors answered."""
+        return {"stale_served": self._stale_served, "errors_cached": self._errors_cached}
 
     async def _call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await trio.to_thread.run_sync(
             lambda: func(*args, **kwargs), limiter=self._limiter
         )
 
+    def _serve_stale(self, key: tuple[Any, ...], entry: _Entry, exc: Exception) -> Any:
+        self._stale_served += 1
+        if key not in self._warned:
+            self._warned[key] = True
+            log.warning("serving a stale listing %r: refresh failed: %s", key[0], exc)
+        return entry.value
+
     async def _cached(
-        self, cache: LRUCache[Hashable, Any] | TTLCache[Hashable, Any], key: Hashable,
+        self, cache: LRUCache[Hashable, _Entry], key: tuple[Any, ...],
         func: Callable[..., T], *args: Any, **kwargs: Any,
     ) -> T:
-        if key in cache:
-            hit: T = cache[key]
+        # .get, never `in` then `[]`: nothing can expire between the test and the read.
+        now = self._clock()
+        entry = cache.get(key, _MISSING)
+        ttl = self._ttl if cache is self._mutable else float("inf")
+        if entry is not _MISSING and now - entry.at < ttl:
+            hit: T = entry.value
             return hit
+        error = self._errors.get(key, _MISSING)
+        if error.error is not None:
+            error_ttl = self._ttl if isinstance(error.error, NotFound) else self._error_ttl
+            if now - error.at < error_ttl:
+                if entry is not _MISSING and is_outage(error.error):
+                    stale: T = self._serve_stale(key, entry, error.error)
+                    return stale
+                self._errors_cached += 1
+                # A fresh traceback per raise: re-raising one object would grow its chain.
+                raise error.error.with_traceback(None)
 
         async def compute() -> T:
-            result = await self._call(func, *args, **kwargs)
-            cache[key] = result
+            try:
+                result = await self._call(func, *args, **kwargs)
+            except Exception as exc:
+                self._errors[key] = _Entry(self._clock(), error=exc)
+                if entry is not _MISSING and is_outage(exc):
+                    stale_value: T = self._serve_stale(key, entry, exc)
+                    return stale_value
+                raise
+            cache[key] = _Entry(self._clock(), value=result)
+            self._errors.pop(key, None)
+            if self._warned.pop(key, None):
+                log.info("listing %r refreshed again", key[0])
             return result
 
         shared: T = await self._flights.run(key, compute)
         return shared
 
-    # -- metadata that can change: TTL caches --------------------------------------------
+    # -- metadata that can change: fresh for the metadata TTL ------------------------------
 
     async def workspaces(self) -> list[str]:
         return await self._cached(self._mutable, ("workspaces",), self._client.workspaces)
@@ -164,9 +251,11 @@ class Store:
     # -- bytes: the reader's ByteSource -----------------------------------------------------
 
     async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes | bytearray:
-        return await self._call(
-            self._client.read_range, key.asset_id, key.version_id, start, end,
-            expected_size=key.size,
+        return await trio.to_thread.run_sync(
+            lambda: self._client.read_range(
+                key.asset_id, key.version_id, start, end, expected_size=key.size
+            ),
+            limiter=self._fetch_limiter,
         )
 
     async def stream(self, key: AssetKey, sink: Callable[[bytes], Awaitable[None]]) -> None:

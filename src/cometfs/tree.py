@@ -4,30 +4,52 @@ Runs on the trio thread. Knows nothing of FUSE or HTTP: it asks the async Store 
 listings and hands the FUSE adapter plain nodes and attributes.
 
 Inodes come from a counter and are never reused. A node is identified by what it stands
-for (say ("version", ws, artifact, "1.0.0")); the same identity always maps to the same
-inode, so refreshed listings keep the inodes the kernel already knows. A moved alias gets a
-new inode, because its identity includes its target.
+for (say ("version", ws, artifact, "1.0.0")); while a node is known, the same identity maps
+to the same inode, so refreshed listings keep the inodes the kernel already knows. A moved
+alias gets a new inode, because its identity includes its target.
+
+The inode table is bounded by what the kernel holds and what loaded listings hold: lookups
+are counted, and when the kernel forgets a node (or a refreshed listing drops one the kernel
+never saw) it leaves the table, together with what only its own listing held. A released
+node that is still reachable through a listing is registered again, under its old inode,
+as soon as it is handed to the kernel again.
+
+Hostile listings stay local: a version that is not strict semver, an asset with a `problem`,
+or a remote link that is not a URI (see names.remote_link_refusal) is skipped, logged once
+and listed in `.comet/` with its reason, and the rest of the artifact stays readable.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import stat
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import semantic_version
+from cachetools import LRUCache
 
-from cometfs.errors import NotFound
+from cometfs.errors import CometFSError, NotFound
 from cometfs.model import Artifact, ArtifactVersion, Asset, AssetKey
-from cometfs.names import MappedPath, escape_name, map_asset_paths, unescape_name
-from cometfs.store import Store
+from cometfs.names import (
+    MappedPath,
+    file_name,
+    map_asset_paths,
+    name_of,
+    remote_link_refusal,
+)
+from cometfs.store import Store, is_outage
+
+log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 META_DIR = ".comet"
 IMMUTABLE_TIMEOUT = 24 * 3600.0
+# Released nodes a racing request may still name (a readdir reply crossing a forget).
+RECENTLY_RELEASED = 4096
 
 
 @dataclass(eq=False)
@@ -35,6 +57,7 @@ class Node:
     inode: int
     mtime_ns: int
     immutable: bool
+    identity: Hashable = field(default=None, kw_only=True)
 
 
 @dataclass(eq=False)
@@ -56,7 +79,13 @@ class AssetFile(Node):
 
 @dataclass(eq=False)
 class VirtualFile(Node):
-    """Rendered JSON or text. `live` files change on every read (served with direct_io)."""
+    """Rendered JSON or text, rendered again for every open unless immutable.
+
+    Whatever is not immutable is served with direct_io and the document fixed per open
+    handle: the kernel's st_size may come from an earlier render, and with the page cache a
+    read would be cut to that size (a torn document); direct_io reads end where the handle's
+    own document ends. `live` files (status.json) also report a zero attribute timeout.
+    """
 
     render: Callable[[], Awaitable[bytes]]
     live: bool = False
@@ -85,8 +114,12 @@ class Attributes:
 
 
 def render_json(value: Any) -> bytes:
-    """The one JSON style of every virtual file: sorted, indented, newline-terminated."""
-    return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    """The one JSON style of every virtual file: sorted, indented, newline-terminated.
+
+    A lone surrogate from a listing is written as its JSON escape (backslashreplace gives
+    exactly `\\ud800`), so the document stays valid UTF-8 and reads back the same."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _ms_to_ns(ms: int | None, default_ns: int) -> int:
@@ -111,6 +144,23 @@ def _semver_key(version: ArtifactVersion) -> semantic_version.Version:
     return semantic_version.Version(version.version)
 
 
+def split_versions(
+    versions: Iterable[ArtifactVersion],
+) -> tuple[list[ArtifactVersion], list[dict[str, str]]]:
+    """The listing's strict-semver versions in semver order (first of duplicates wins), and
+    what was skipped with its reason."""
+    valid: dict[str, ArtifactVersion] = {}
+    skipped: list[dict[str, str]] = []
+    for version in versions:
+        if not isinstance(version.version, str) or not _is_version(version.version):
+            skipped.append({"version": str(version.version), "reason": "not a semver version"})
+        elif version.version in valid:
+            skipped.append({"version": version.version, "reason": "duplicate version"})
+        else:
+            valid[version.version] = version
+    return sorted(valid.values(), key=_semver_key), skipped
+
+
 def logged_artifact(version: ArtifactVersion) -> dict[str, Any]:
     """Every LoggedArtifact property, under the SDK's names."""
     return {
@@ -127,8 +177,9 @@ def logged_artifact(version: ArtifactVersion) -> dict[str, Any]:
     }
 
 
-def logged_asset(asset: Asset, version: ArtifactVersion, path: str) -> dict[str, Any]:
-    """Every LoggedArtifactAsset property, plus where the asset appears in the mount."""
+def logged_asset(asset: Asset, version: ArtifactVersion, path: str | None) -> dict[str, Any]:
+    """Every LoggedArtifactAsset property, plus where the asset appears in the mount (None:
+    it is not shown, see path-map.json)."""
     return {
         "logical_path": asset.logical_path,
         "path": path,
@@ -165,6 +216,9 @@ class Tree:
         self._now_ns = mount_time_ns if mount_time_ns is not None else time.time_ns()
         self._nodes: dict[int, Node] = {}
         self._by_identity: dict[Hashable, Node] = {}
+        self._lookups: dict[int, int] = {}
+        self._released: LRUCache[int, Node] = LRUCache(maxsize=RECENTLY_RELEASED)
+        self._warned: LRUCache[Hashable, bool] = LRUCache(maxsize=4096)
         self._next_inode = ROOT_INODE
         self.root = self._directory(
             ("root",), self._now_ns, self._load_root, resolve=self._resolve_workspace,
@@ -178,10 +232,52 @@ class Tree:
         node = self._by_identity.get(identity)
         if node is None:
             node = make(self._next_inode)
+            node.identity = identity
             self._next_inode += 1
             self._nodes[node.inode] = node
             self._by_identity[identity] = node
         return node
+
+    def _register(self, node: Node) -> None:
+        """Make a node the kernel is about to see findable by inode again."""
+        if node.inode not in self._nodes:
+            self._nodes[node.inode] = node
+            self._by_identity.setdefault(node.identity, node)
+            self._released.pop(node.inode, None)
+
+    def _release(self, node: Node) -> None:
+        """Drop a node the kernel no longer holds, and what only its listing held."""
+        pending = [node]
+        while pending:
+            current = pending.pop()
+            if current.inode == ROOT_INODE or self._lookups.get(current.inode, 0) > 0:
+                continue
+            if self._nodes.pop(current.inode, None) is None:
+                continue
+            if self._by_identity.get(current.identity) is current:
+                del self._by_identity[current.identity]
+            self._released[current.inode] = current
+            if isinstance(current, Directory) and current.children is not None:
+                pending.extend(current.children.values())
+                current.children = None
+            if isinstance(current, VirtualFile):
+                current.cached = None
+
+    def forget(self, inode: int, nlookup: int) -> None:
+        """The kernel dropped `nlookup` references to `inode` (FUSE forget)."""
+        count = self._lookups.get(inode, 0) - nlookup
+        if count > 0:
+            self._lookups[inode] = count
+            return
+        self._lookups.pop(inode, None)
+        node = self._nodes.get(inode)
+        if node is not None:
+            self._release(node)
+
+    def remember(self, node: Node) -> None:
+        """The kernel took one more reference to `node` (a lookup or readdirplus entry)."""
+        self._register(node)
+        self._lookups[node.inode] = self._lookups.get(node.inode, 0) + 1
 
     def _directory(
         self,
@@ -224,10 +320,13 @@ class Tree:
         )
 
     def node(self, inode: int) -> Node:
-        try:
-            return self._nodes[inode]
-        except KeyError:
-            raise NotFound(f"no inode {inode}") from None
+        found = self._nodes.get(inode)
+        if found is None:
+            found = self._released.get(inode)
+            if found is None:
+                raise NotFound(f"no inode {inode}")
+            self._register(found)
+        return found
 
     @property
     def inode_count(self) -> int:
@@ -236,13 +335,34 @@ class Tree:
     # -- queries used by the FUSE adapter ----------------------------------------------------
 
     async def children(self, directory: Directory) -> dict[str, Node]:
-        """The directory's listing, reloaded when its TTL has run out."""
+        """The directory's listing, reloaded when its TTL has run out (kept through an
+        outage: a failed refresh of a listing we have is answered from it)."""
         now = self._clock()
+        old = directory.children
         stale = directory.ttl is not None and now - directory.loaded_at >= directory.ttl
-        if directory.children is None or stale:
-            directory.children = dict(await directory.load())
+        if old is None or stale:
+            try:
+                loaded = dict(await directory.load())
+            except CometFSError as exc:
+                if old is None or not is_outage(exc):
+                    raise
+                self._warn_once(("stale", directory.inode), "serving a stale listing: %s", exc)
+                return old
+            directory.children = loaded
             directory.loaded_at = now
-        return directory.children
+            if old is not None:
+                # What a refresh dropped (a moved alias, say) and the kernel never took.
+                kept = {id(node) for node in loaded.values()}
+                for node in old.values():
+                    if id(node) not in kept and self._lookups.get(node.inode, 0) <= 0:
+                        self._release(node)
+            return loaded
+        return old
+
+    def _warn_once(self, key: Hashable, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned[key] = True
+            log.warning(message, *args)
 
     async def lookup(self, parent: Node, name: str) -> Node:
         if not isinstance(parent, Directory):
@@ -253,6 +373,7 @@ class Tree:
             found = await parent.resolve(name)
         if found is None:
             raise NotFound(f"{name!r} not found")
+        self.remember(found)
         return found
 
     async def content(self, node: VirtualFile) -> bytes:
@@ -264,6 +385,7 @@ class Tree:
         return data
 
     async def attributes(self, node: Node) -> Attributes:
+        self._register(node)
         timeout = IMMUTABLE_TIMEOUT if node.immutable else self._ttl
         if isinstance(node, Directory):
             return Attributes(node.inode, stat.S_IFDIR | 0o555, 0, 2, node.mtime_ns, timeout)
@@ -288,12 +410,13 @@ class Tree:
     async def _load_root(self) -> list[tuple[str, Node]]:
         entries: list[tuple[str, Node]] = [(META_DIR, self._root_meta())]
         for ws in sorted(await self._workspace_names()):
-            entries.append((escape_name(ws), self._workspace_dir(ws)))
+            entries.append((file_name(ws), self._workspace_dir(ws)))
         return entries
 
     def _root_meta(self) -> Directory:
         async def render_status() -> bytes:
-            return render_json(dict(self._status()))
+            # The listing counters (stale listings served, cached errors) come with the rest.
+            return render_json({**self._status(), "metadata": self._store.stats()})
 
         status = self._virtual(
             ("status",), self._now_ns, render_status, immutable=False, live=True
@@ -301,7 +424,7 @@ class Tree:
         return self._fixed_dir(("root-meta",), self._now_ns, [("status.json", status)])
 
     async def _resolve_workspace(self, name: str) -> Node | None:
-        ws = unescape_name(name)
+        ws = name_of(name)
         if ws is None or (self._only_workspaces and ws not in self._only_workspaces):
             return None
         try:
@@ -317,11 +440,11 @@ class Tree:
             artifacts = await self._store.artifacts(ws)
             entries: list[tuple[str, Node]] = [(META_DIR, self._workspace_meta(ws))]
             for artifact in sorted(artifacts, key=lambda a: a.name):
-                entries.append((escape_name(artifact.name), self._artifact_dir(ws, artifact.name)))
+                entries.append((file_name(artifact.name), self._artifact_dir(ws, artifact.name)))
             return entries
 
         async def resolve(name: str) -> Node | None:
-            artifact = unescape_name(name)
+            artifact = name_of(name)
             if artifact is None:
                 return None
             try:
@@ -360,9 +483,14 @@ class Tree:
         async def load() -> list[tuple[str, Node]]:
             artifact = await self._store.artifact(ws, name)
             entries: list[tuple[str, Node]] = [(META_DIR, self._artifact_meta(ws, name))]
-            versions = sorted(artifact.versions, key=_semver_key)
+            versions, skipped = split_versions(artifact.versions)
+            for bad in skipped:
+                self._warn_once(
+                    ("version", ws, name, bad["version"]), "skipping version %r of %s/%s: %s",
+                    bad["version"], ws, name, bad["reason"],
+                )
             for version in versions:
-                entries.append((version.version, self._version_dir(ws, name, version)))
+                entries.append((file_name(version.version), self._version_dir(ws, name, version)))
             taken = {entry[0] for entry in entries}
             if versions:
                 latest = versions[-1]
@@ -370,7 +498,7 @@ class Tree:
                 taken.add("latest")
             for version in versions:
                 for alias in sorted(version.aliases):
-                    link_name = escape_name(alias)
+                    link_name = file_name(alias)
                     if alias.lower() == "latest" or link_name in taken:
                         continue  # `latest` is always ours; a version name beats an alias
                     taken.add(link_name)
@@ -384,12 +512,14 @@ class Tree:
                 except NotFound:
                     return None
                 return self._version_dir(ws, name, found)
-            alias = unescape_name(entry)
+            alias = name_of(entry)
             if alias is None:
                 return None
             try:
                 version = await self._store.resolve_alias(ws, name, alias)
             except NotFound:
+                return None
+            if not _is_version(version.version):
                 return None
             return self._alias_link(ws, name, alias, version)
 
@@ -401,7 +531,7 @@ class Tree:
         return self._symlink(
             ("alias", ws, name, alias),
             _ms_to_ns(version.created_ms, self._now_ns),
-            version.version,
+            file_name(version.version),
             immutable=False,
         )
 
@@ -416,6 +546,7 @@ class Tree:
 
     @staticmethod
     def _artifact_summary(artifact: Artifact) -> dict[str, Any]:
+        versions, skipped = split_versions(artifact.versions)
         return {
             "workspace": artifact.workspace,
             "name": artifact.name,
@@ -432,8 +563,9 @@ class Tree:
                     "size": v.size,
                     "created_at": _iso(v.created_ms),
                 }
-                for v in sorted(artifact.versions, key=_semver_key)
+                for v in versions
             ],
+            "skipped": skipped,
         }
 
     # -- version: assets and .comet --------------------------------------------------------
@@ -470,30 +602,71 @@ class Tree:
     ) -> list[tuple[str, Node]]:
         mtime = _ms_to_ns(details.created_ms, self._now_ns)
         base = ("in-version", ws, name, details.version)
-        mapped = map_asset_paths([a.logical_path for a in assets], [a.asset_id for a in assets])
+        where = f"{ws}/{name}:{details.version}"
+        skipped: dict[int, str] = {}
+        for index, asset in enumerate(assets):
+            if asset.problem is not None:
+                skipped[index] = asset.problem
+            elif asset.remote:
+                refusal = remote_link_refusal(asset.link)
+                if refusal is not None:
+                    skipped[index] = refusal
+        shown = [i for i in range(len(assets)) if i not in skipped]
+        placed = map_asset_paths(
+            [assets[i].logical_path for i in shown], [assets[i].asset_id for i in shown]
+        )
+        mapped = placed if not skipped else [
+            MappedPath(shown[m.index], m.logical_path, m.path, m.reason) for m in placed
+        ]
 
-        # Nested directories are built eagerly from the one asset listing.
+        # Nested directories are built eagerly from the one asset listing; remote links are
+        # placed once every real entry is, so none can name one (see remote_link_refusal).
         dirs: dict[tuple[str, ...], dict[str, Node]] = {(): {}}
+        names: dict[tuple[str, ...], set[str]] = {(): set()}
+        remotes: list[tuple[tuple[str, ...], MappedPath]] = []
         for mapping in mapped:
             parts = tuple(mapping.path.split("/"))
             for depth in range(1, len(parts)):
                 prefix = parts[:depth]
                 if prefix not in dirs:
                     dirs[prefix] = {}
-                    dirs[prefix[:-1]][prefix[-1]] = self._fixed_dir(
-                        (*base, "dir", prefix), mtime, dirs[prefix]
-                    )
+                    names[prefix] = set()
+                    names[prefix[:-1]].add(prefix[-1])
+            names[parts[:-1]].add(parts[-1])
             asset = assets[mapping.index]
-            leaf: Node
             if asset.remote:
-                leaf = self._symlink((*base, "remote", asset.asset_id), mtime,
-                                     asset.link or "", immutable=True)
-            else:
-                leaf = self._asset_file((*base, "asset", asset.asset_id, mapping.path),
-                                        mtime, asset, details.version_id)
-            dirs[parts[:-1]][parts[-1]] = leaf
+                remotes.append((parts, mapping))
+                continue
+            dirs[parts[:-1]][parts[-1]] = self._asset_file(
+                (*base, "asset", asset.asset_id, mapping.path), mtime, asset, details.version_id
+            )
+        for parts, mapping in remotes:
+            asset = assets[mapping.index]
+            link = asset.link or ""
+            refusal = remote_link_refusal(link, "/".join(parts[:-1]))
+            if refusal is None and link.split("/", 1)[0] in names[parts[:-1]]:
+                refusal = "remote link would resolve to an entry of the version"
+            if refusal is not None:
+                skipped[mapping.index] = refusal
+                continue
+            dirs[parts[:-1]][parts[-1]] = self._symlink(
+                (*base, "remote", asset.asset_id), mtime, link, immutable=True
+            )
+        # Deepest first, so each directory's listing is complete when it is filled.
+        for prefix in sorted(dirs, key=len, reverse=True):
+            if prefix:
+                dirs[prefix[:-1]][prefix[-1]] = self._fixed_dir(
+                    (*base, "dir", prefix), mtime, dirs[prefix]
+                )
+        if len(skipped) > len(assets) - len(mapped):  # a remote link was refused above
+            mapped = [m for m in mapped if m.index not in skipped]
+        for index, reason in skipped.items():
+            self._warn_once(
+                ("asset", where, assets[index].asset_id), "skipping asset %r of %s: %s",
+                assets[index].logical_path, where, reason,
+            )
 
-        meta = self._version_meta(ws, name, details, assets, mapped, mtime)
+        meta = self._version_meta(ws, name, details, assets, mapped, skipped, mtime)
         return [(META_DIR, meta), *sorted(dirs[()].items(), key=lambda entry: entry[0])]
 
     def _asset_file(self, identity: Hashable, mtime_ns: int, asset: Asset, version_id: str) -> Node:
@@ -506,13 +679,19 @@ class Tree:
         mtime_ns: int,
         entries: dict[str, Node] | list[tuple[str, Node]],
     ) -> Directory:
-        """A directory whose entries never change (a file inside may still re-render)."""
+        """A directory whose entries never change (a file inside may still re-render).
+
+        Its listing is filled at once, so releasing it releases what it holds."""
 
         async def load() -> list[tuple[str, Node]]:
             items = entries.items() if isinstance(entries, dict) else entries
             return sorted(items, key=lambda entry: entry[0])
 
-        return self._directory(identity, mtime_ns, load)
+        node = self._directory(identity, mtime_ns, load)
+        if node.children is None:
+            items = entries.items() if isinstance(entries, dict) else entries
+            node.children = dict(sorted(items, key=lambda entry: entry[0]))
+        return node
 
     def _version_meta(
         self,
@@ -521,6 +700,7 @@ class Tree:
         details: ArtifactVersion,
         assets: list[Asset],
         mapped: list[MappedPath],
+        skipped: Mapping[int, str],
         mtime: int,
     ) -> Directory:
         version = details.version
@@ -542,22 +722,27 @@ class Tree:
         async def aliases_json() -> bytes:
             return render_json(sorted((await self._current(ws, name, version)).aliases))
 
+        # Skipped assets (path null) come last in both files: nothing in a listing is hidden.
+        not_shown = sorted(skipped, key=lambda i: (assets[i].logical_path, assets[i].asset_id))
+
         async def assets_json() -> bytes:
             return render_json([
-                logged_asset(assets[m.index], details, m.path)
-                for m in sorted(mapped, key=lambda m: m.path)
+                *(logged_asset(assets[m.index], details, m.path)
+                  for m in sorted(mapped, key=lambda m: m.path)),
+                *(logged_asset(assets[i], details, None) for i in not_shown),
             ])
 
         async def path_map_json() -> bytes:
             return render_json([
-                {"logical_path": m.logical_path, "path": m.path, "id": assets[m.index].asset_id,
-                 "reason": m.reason}
-                for m in sorted(mapped, key=lambda m: m.path)
-                if m.reason is not None
+                *({"logical_path": m.logical_path, "path": m.path,
+                   "id": assets[m.index].asset_id, "reason": m.reason}
+                  for m in sorted(mapped, key=lambda m: m.path) if m.reason is not None),
+                *({"logical_path": assets[i].logical_path, "path": None,
+                   "id": assets[i].asset_id, "reason": skipped[i]} for i in not_shown),
             ])
 
         async def source() -> bytes:
-            return f"{ws}/{name}:{version}\n".encode()
+            return f"{ws}/{name}:{version}\n".encode("utf-8", "backslashreplace")
 
         async def source_experiment_json() -> bytes:
             key = details.source_experiment_key
