@@ -414,7 +414,7 @@ def test_editable_comet_files_are_opened_with_direct_io() -> None:
     comet.add("data", [version("data", "1.0.0", ["prod"])], {"1.0.0": [asset("a", "a")]})
     tree = make_tree(comet)
     fs = CometFS(tree, reader=None, uid=0, gid=0)  # type: ignore[arg-type]
-    ctx: Any = None
+    ctx = pyfuse3.RequestContext()
 
     async def open_file(path: str) -> pyfuse3.FileInfo:
         node = await walk_path(tree, path)
