@@ -184,18 +184,19 @@ class MemoryCache:
     def _evict_until(self, limit: int) -> None:
         """Drop least recently used buffers until charged bytes are within `limit`.
 
-        Buffers held outside the cache are skipped: evicting their pieces frees nothing.
+        Buffers held outside the cache are skipped (evicting their pieces frees nothing) and
+        keep their place in the LRU order.
         """
-        if self.charged <= limit:
-            return
-        for ident in list(self._lru):
-            if self.charged <= limit:
-                break
-            backing = self._lru[ident]
+        skipped: list[tuple[int, _Backing]] = []
+        while self.charged > limit and self._lru:
+            ident, backing = self._lru.popitem(last=False)
             if backing.holds:
+                skipped.append((ident, backing))
                 continue
-            del self._lru[ident]
             for key in backing.keys:
                 del self._pieces[key]
             backing.keys.clear()
             self._untrack_if_dead(backing)
+        for ident, backing in reversed(skipped):
+            self._lru[ident] = backing
+            self._lru.move_to_end(ident, last=False)
