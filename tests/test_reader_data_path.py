@@ -4,13 +4,17 @@ copies, cross-file readahead for directory walks (and not for shuffled readers).
 from __future__ import annotations
 
 import random
+import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cometfs.reader import AssetKey, AssetReader
+import cometfs.reader.reader as reader_module
+from cometfs.reader import AssetKey, AssetReader, DiskCache
 from test_reader import KIB, MIB, FakeSource, pattern, read_all, run
 
 
@@ -231,3 +235,35 @@ def test_a_small_file_costs_exactly_one_fetch(size: int) -> None:
 
     run(scenario)
     assert source.range_calls == [(key, 0, size)]
+
+
+def test_disk_writes_of_many_small_files_share_worker_thread_hops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = FakeSource()
+    files = _small_files(source, 20)
+    release = threading.Event()
+    batches: list[int] = []
+    real_batch = reader_module._disk_put_batch
+
+    def slow_first_batch(disk: DiskCache, batch: list[Any]) -> list[OSError]:
+        batches.append(len(batch))
+        if len(batches) == 1:
+            release.wait(10)  # the disk lags: later fetches queue up behind this write
+        return real_batch(disk, batch)
+
+    monkeypatch.setattr(reader_module, "_disk_put_batch", slow_first_batch)
+    disk = DiskCache(tmp_path, 64 * MIB)
+
+    async def scenario() -> None:
+        async with AssetReader(source, disk) as reader:
+            for key in files:
+                await _cat(reader, key, [])
+            release.set()
+            await reader.wait_idle()
+            assert reader.stats()["memory_held"] == 0
+
+    run(scenario)
+    assert sum(batches) == len(files)
+    assert len(batches) <= 3, batches  # one hop for the first, one for all queued behind it
+    assert all(disk.holds(key, 0) for key in files)

@@ -75,6 +75,9 @@ _WHOLE = -1
 
 # Streamed blocks waiting for their disk write; beyond this the download waits for the disk.
 _STREAM_DISK_QUEUE = 8
+# Reserved per running stream, in blocks: the partial block being assembled plus the chunks
+# the source has received ahead of the sink (the store queues two and its worker holds one).
+_STREAM_ALLOWANCE = 4
 # Cross-file readahead: an open counts as part of a directory walk when its asset is among
 # the first _WALK_NEAR of the previous open's `following`; two such opens in a row start
 # prefetching, so a shuffled reader (a hit now and then by chance) never does.
@@ -159,6 +162,8 @@ class _Slot:
 
 
 _DiskItem = tuple[int, memoryview, "_Slot | None"]
+# A fetched run's whole blocks waiting for the disk: (asset, blocks, their slots, run buffer)
+_DiskWrite = tuple[AssetKey, dict[int, memoryview], dict[Piece, "_Slot"], memoryview]
 
 
 @dataclass(eq=False)
@@ -220,6 +225,8 @@ class AssetReader:
         self._idle = trio.Event()
         self._disk_warned = False
         self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._disk_pending: list[_DiskWrite] = []
+        self._disk_writing = False
         self._walk_following: Sequence[AssetKey] = ()
         self._walk_streak = 0
         self._walk_files = 0
@@ -596,23 +603,57 @@ class AssetReader:
             if to_disk:
                 blocks[piece[1]] = piece_view
                 lingering[piece] = slot
-        try:
-            if blocks:
-                await self._store_on_disk(key, blocks, lingering)
-        finally:
+        if blocks:
+            self._queue_disk_write(key, blocks, lingering, view)
+        else:
             self._memory.unhold(view)
 
-    async def _store_on_disk(
-        self, key: AssetKey, blocks: dict[int, memoryview], slots: dict[Piece, _Slot]
+    # -- disk writes ----------------------------------------------------------------------------
+
+    def _queue_disk_write(
+        self,
+        key: AssetKey,
+        blocks: dict[int, memoryview],
+        slots: dict[Piece, _Slot],
+        buffer: memoryview,
     ) -> None:
+        """Write fetched blocks to the disk cache off the read path.
+
+        One writer task takes everything queued at each worker-thread hop, so a walk over
+        many small files costs one hop per batch instead of one per file. The buffer stays
+        counted in the memory budget (held) until written, which holds new loads back when
+        the disk lags.
+        """
+        self._disk_pending.append((key, blocks, slots, buffer))
+        if not self._disk_writing:
+            self._disk_writing = True
+            self._spawn(self._drain_disk_queue)
+
+    async def _drain_disk_queue(self) -> None:
+        disk = self._disk
+        assert disk is not None
         try:
-            if self._disk is not None:
-                await trio.to_thread.run_sync(_disk_put_many, self._disk, key, blocks)
-        except OSError as exc:
-            self._disk_trouble("write", exc)
+            while self._disk_pending:
+                batch, self._disk_pending = self._disk_pending, []
+                try:
+                    errors = await trio.to_thread.run_sync(
+                        _disk_put_batch, disk, [(key, blocks) for key, blocks, _, _ in batch]
+                    )
+                finally:
+                    self._finish_disk_writes(batch)
+                for error in errors:
+                    self._disk_trouble("write", error)
         finally:
+            self._disk_writing = False
+            # Cancelled (the reader is leaving): give back what unwritten blocks held.
+            pending, self._disk_pending = self._disk_pending, []
+            self._finish_disk_writes(pending)
+
+    def _finish_disk_writes(self, batch: list[_DiskWrite]) -> None:
+        for _, _, slots, buffer in batch:
             for piece, slot in slots.items():
                 self._forget(piece, slot)
+            self._memory.unhold(buffer)
 
     # -- stream mode ----------------------------------------------------------------------------
 
@@ -668,8 +709,7 @@ class AssetReader:
         """Download the whole asset, landing blocks as they complete. Never raises Exception."""
         key = stream.key
         self._counts["streams"] += 1
-        # The partial block being assembled, or the chunk being cut when chunks line up.
-        self._memory.reserve(self.block_size)
+        self._memory.reserve(_STREAM_ALLOWANCE * self.block_size)
         try:
             send, receive = trio.open_memory_channel[_DiskItem](_STREAM_DISK_QUEUE)
             async with trio.open_nursery() as nursery:
@@ -690,7 +730,7 @@ class AssetReader:
             raise
         finally:
             stream.buffer = None
-            self._memory.release(self.block_size)
+            self._memory.release(_STREAM_ALLOWANCE * self.block_size)
             if self._streams.get(key) is stream:
                 del self._streams[key]
 
@@ -875,6 +915,19 @@ def _disk_get_many(disk: DiskCache, key: AssetKey, lengths: dict[int, int]) -> d
         if data is not None:
             found[index] = data
     return found
+
+
+def _disk_put_batch(
+    disk: DiskCache, batch: list[tuple[AssetKey, dict[int, memoryview]]]
+) -> list[OSError]:
+    """Worker thread: store the blocks of several fetches; one failure skips only its asset."""
+    errors: list[OSError] = []
+    for key, blocks in batch:
+        try:
+            _disk_put_many(disk, key, blocks)
+        except OSError as exc:
+            errors.append(exc)
+    return errors
 
 
 def _disk_put_many(disk: DiskCache, key: AssetKey, blocks: dict[int, memoryview]) -> None:
