@@ -4,6 +4,7 @@ copies, cross-file readahead for directory walks (and not for shuffled readers).
 from __future__ import annotations
 
 import random
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -68,17 +69,22 @@ def test_a_random_handle_grows_to_the_window_once_it_reads_on() -> None:
     fresh=st.lists(st.booleans(), min_size=15, max_size=15),
     ignore_range=st.booleans(),
     budget=st.sampled_from([0, 3000, 1 << 20]),
+    use_disk=st.booleans(),
 )
 def test_chunks_and_blocks_mixed_serve_exactly_the_source_bytes(
-    reads: list[tuple[int, int]], fresh: list[bool], ignore_range: bool, budget: int
+    reads: list[tuple[int, int]],
+    fresh: list[bool],
+    ignore_range: bool,
+    budget: int,
+    use_disk: bool,
 ) -> None:
     # Small blocks and chunks so partial and whole pieces of one block meet often.
     source = FakeSource(ignore_range=ignore_range)
     key = source.add(AssetKey("v", "mix", 8192 + 77))
 
-    async def scenario() -> None:
+    async def scenario(disk: DiskCache | None) -> None:
         async with AssetReader(
-            source, None, block_size=1024, random_span=128, memory_budget=budget,
+            source, disk, block_size=1024, random_span=128, memory_budget=budget,
             min_readahead=1024, max_readahead=4096,
         ) as reader:
             handle = reader.open(key)
@@ -91,8 +97,16 @@ def test_chunks_and_blocks_mixed_serve_exactly_the_source_bytes(
             stats = reader.stats()
             assert stats["memory_bytes"] <= budget
             assert stats["memory_reserved"] == 0 and stats["memory_held"] == 0
+        if disk is not None:  # chunks never reach the disk, whole blocks do, intact
+            for index in range(-(-key.size // 1024)):
+                data = disk.get(key, index, min(1024, key.size - index * 1024))
+                assert data is None or data == pattern(index * 1024, index * 1024 + len(data))
 
-    run(scenario)
+    if not use_disk:
+        run(scenario, None)
+        return
+    with tempfile.TemporaryDirectory() as root:
+        run(scenario, DiskCache(Path(root), 1 << 20, block_size=1024))
 
 
 def test_single_block_reads_are_views_of_the_fetched_buffer() -> None:
@@ -206,16 +220,54 @@ def test_a_directory_walk_prefetches_the_next_small_files() -> None:
     assert elapsed[0] < 0.6, elapsed
 
 
-def test_a_shuffled_reader_prefetches_nothing() -> None:
+def _eight_stretch_workers(tell_following: bool) -> float:
+    """A DataLoader without shuffling: worker w reads files w*40 .. w*40+39 in order, all at
+    once, with enough parallel fetches that latency, not the fetch limit, bounds the walk."""
+    source = SlowSource(0.025)
+    files = _small_files(source, 320)
+    elapsed: list[float] = []
+
+    async def worker(reader: AssetReader, w: int) -> None:
+        for n in range(w * 40, w * 40 + 40):
+            await _cat(reader, files[n], files[n + 1 :] if tell_following else [])
+
+    async def scenario() -> None:
+        async with AssetReader(source, None, max_parallel_fetches=64) as reader:
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for w in range(8):
+                    nursery.start_soon(worker, reader, w)
+            elapsed.append(trio.current_time() - start)
+            await reader.wait_idle()
+            assert (reader.stats()["files_prefetched"] > 0) == tell_following
+
+    run(scenario)
+    assert len(source.range_calls) == len(files)  # prefetched files are not fetched again
+    return elapsed[0]
+
+
+def test_eight_workers_walking_their_own_stretches_prefetch_too() -> None:
+    without, with_ = _eight_stretch_workers(False), _eight_stretch_workers(True)
+    # 40 files x 25 ms = 1.0 s per worker without; at most 16 files are prefetched at once.
+    assert with_ < 0.85 * without, (with_, without)
+
+
+@pytest.mark.parametrize("workers", [1, 8])
+def test_a_shuffled_reader_prefetches_nothing(workers: int) -> None:
     source = FakeSource()
-    files = _small_files(source, 200)
+    files = _small_files(source, 400)
     order = list(range(len(files)))
     random.Random(3).shuffle(order)
 
+    async def worker(reader: AssetReader, w: int) -> None:
+        for n in order[w::workers]:
+            await _cat(reader, files[n], files[n + 1 :])
+
     async def scenario() -> None:
         async with AssetReader(source, None) as reader:
-            for n in order:
-                await _cat(reader, files[n], files[n + 1 :])
+            async with trio.open_nursery() as nursery:
+                for w in range(workers):
+                    nursery.start_soon(worker, reader, w)
             await reader.wait_idle()
             assert reader.stats()["files_prefetched"] == 0
 
