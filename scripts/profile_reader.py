@@ -2,21 +2,32 @@
 
 Prints CPU-s per GiB for a cold sequential read (fast source), bytes fetched per byte read
 for 1,000 random 4 KiB reads of a cold 1 GiB asset, and small-file opens/s in a directory
-walk with 25 ms per fetch. Runs on one trio thread; usage: python scripts/profile_reader.py
+walk with 25 ms per fetch. With `--rss range|stream` it instead streams 4 GiB through the
+Store facade (a fake client giving a fresh buffer per answer, as an HTTP client does) and the
+reader with default settings, and prints the process's peak RSS.
+Runs on one trio thread (plus the store's workers); usage:
+    python scripts/profile_reader.py [--rss range|stream]
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+import resource
+import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import trio
 
+from cometfs.errors import RangeNotSupported
 from cometfs.model import AssetKey
 from cometfs.reader import AssetReader
+from cometfs.store import Store
 
 GIB = 1 << 30
-_BLOB = bytes(random.Random(1).randbytes(64 << 20))
+_BLOB = b""  # 64 MiB of random bytes, made on first use (not for --rss)
 
 
 class Source:
@@ -27,7 +38,10 @@ class Source:
         self.fetched = 0
         self.cpu = 0.0  # CPU spent making the fake's answers, not the reader's
 
-    async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes:
+    async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytearray:
+        global _BLOB
+        if not _BLOB:
+            _BLOB = random.Random(1).randbytes(64 << 20)
         if self.delay:
             await trio.sleep(self.delay)
         self.fetched += end - start
@@ -82,7 +96,39 @@ async def small_files() -> None:
     print(f"200 small files, 25 ms per fetch, one reader: {len(files) / elapsed:.0f} opens/s")
 
 
+class Client:
+    """The two byte calls of the REST client, answered from memory on worker threads."""
+
+    def __init__(self, ranges: bool) -> None:
+        self.ranges = ranges
+
+    def read_range(self, asset_id: str, version_id: str, start: int, end: int, **_: Any) -> Any:
+        if not self.ranges:
+            raise RangeNotSupported("this fake server ignores Range")
+        return bytearray(end - start)
+
+    @contextlib.contextmanager
+    def stream(self, asset_id: str, version_id: str, **kwargs: Any) -> Iterator[Iterator[Any]]:
+        size = kwargs["expected_size"]
+        yield (bytearray(min(1 << 20, size - at)) for at in range(0, size, 1 << 20))
+
+
+async def peak_rss(mode: str) -> None:
+    store = Store(Client(ranges=mode == "range"))
+    key = AssetKey("v", "big", 4 * GIB)
+    async with AssetReader(store, None) as reader:
+        handle = reader.open(key)
+        position = 0
+        while position < key.size:
+            position += len(await reader.read(handle, position, 128 << 10))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+    print(f"streaming 4 GiB ({mode}), default settings: peak RSS {peak} MiB")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--rss"]:
+        trio.run(peak_rss, sys.argv[2])
+        return
     for fn in (sequential, random_reads, small_files):
         trio.run(fn)
 
