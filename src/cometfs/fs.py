@@ -192,9 +192,9 @@ class CometFS(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, keep_cache=node.immutable, direct_io=node.live)
         raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
 
-    @_fuse_errors
     # pyfuse3 replies from any contiguous buffer (PyObject_GetBuffer), so a view of a cached
     # block goes to the kernel without a copy; its stub only says bytes.
+    @_fuse_errors
     async def read(  # type: ignore[override]
         self, fh: int, off: int, size: int
     ) -> bytes | memoryview:
