@@ -3,6 +3,7 @@ copies, cross-file readahead for directory walks (and not for shuffled readers).
 
 from __future__ import annotations
 
+import logging
 import random
 import tempfile
 import threading
@@ -326,3 +327,45 @@ def test_disk_writes_of_many_small_files_share_worker_thread_hops(
     assert sum(batches) == len(files)
     assert len(batches) <= 3, batches  # one hop for the first, one for all queued behind it
     assert all(disk.holds(key, 0) for key in files)
+
+
+class ShieldedSource(FakeSource):
+    """Fetches that finish even when cancelled, as a request on a worker thread does."""
+
+    async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes:
+        with trio.CancelScope(shield=True):
+            return await super().fetch_range(key, start, end)
+
+
+def test_a_fetch_landing_while_the_reader_leaves_is_dropped_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = ShieldedSource()
+    key = source.add(AssetKey("v", "late", 3 * MIB))
+    source.fetch_gate = trio.Event()
+    got: list[bytes] = []
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as outer:
+            reader = AssetReader(source, DiskCache(tmp_path, 64 * MIB))
+
+            async def read_once() -> None:
+                got.append(bytes(await reader.read(reader.open(key), 0, 4 * KIB)))
+
+            async def release_once_leaving() -> None:
+                while reader._nursery is not None:  # poll: no public "leaving" signal
+                    await trio.sleep(0)
+                assert source.fetch_gate is not None
+                source.fetch_gate.set()
+
+            async with reader:
+                outer.start_soon(read_once)
+                while not source.active:
+                    await trio.sleep(0)
+                outer.start_soon(release_once_leaving)
+            assert reader.stats()["memory_held"] == 0
+
+    with caplog.at_level(logging.WARNING):
+        run(scenario)
+    assert got == [pattern(0, 4 * KIB)]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

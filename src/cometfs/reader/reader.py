@@ -632,6 +632,9 @@ class AssetReader:
         counted in the memory budget (held) until written, which holds new loads back when
         the disk lags.
         """
+        if self._nursery is None:  # the reader is shutting down: nothing runs the writer
+            self._finish_disk_writes([(key, blocks, slots, buffer)])
+            return
         self._disk_pending.append((key, blocks, slots, buffer))
         if not self._disk_writing:
             self._disk_writing = True
