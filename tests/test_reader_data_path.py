@@ -3,10 +3,12 @@ copies, cross-file readahead for directory walks (and not for shuffled readers).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cometfs.reader.reader as reader_module
+from cometfs.errors import NotFound, RangeNotSupported, TransientError
 from cometfs.reader import AssetKey, AssetReader, DiskCache
+from cometfs.store import Store
 from test_reader import KIB, MIB, FakeSource, pattern, run
 
 
@@ -369,3 +373,37 @@ def test_a_fetch_landing_while_the_reader_leaves_is_dropped_quietly(
         run(scenario)
     assert got == [pattern(0, 4 * KIB)]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+class _FailingStreamClient:
+    """A REST client whose server ignores Range and whose stream breaks after 1.5 MiB."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def read_range(self, *args: Any, **kwargs: Any) -> bytes:
+        raise RangeNotSupported("this fake server ignores Range")
+
+    @contextlib.contextmanager
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[Iterator[bytes]]:
+        def chunks() -> Iterator[bytes]:
+            yield pattern(0, MIB)
+            yield pattern(MIB, MIB + MIB // 2)
+            raise self.error
+
+        yield chunks()
+
+
+@pytest.mark.parametrize("error", [NotFound("asset gone"), TransientError("reset mid-body")])
+def test_a_stream_error_reaches_the_reader_as_itself_through_the_store(error: Exception) -> None:
+    key = AssetKey("v", "broken", 4 * MIB)
+
+    async def scenario() -> None:
+        store = Store(_FailingStreamClient(error))  # type: ignore[arg-type]
+        async with AssetReader(store, None) as reader:
+            handle = reader.open(key)
+            assert await reader.read(handle, 0, 64 * KIB) == pattern(0, 64 * KIB)
+            with pytest.raises(type(error)):
+                await reader.read(handle, 3 * MIB, 64 * KIB)
+
+    run(scenario)

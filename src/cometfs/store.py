@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -194,12 +193,25 @@ class Store:
             finally:
                 trio.from_thread.run_sync(send.close, trio_token=token)
 
+        # Errors are collected rather than raised inside the nursery, so callers see the
+        # client's own exception (NotFound, TransientError...), not an ExceptionGroup.
+        errors: list[Exception] = []
+
+        async def run_pump() -> None:
+            try:
+                await trio.to_thread.run_sync(pump, limiter=self._stream_limiter)
+            except Exception as exc:
+                errors.append(exc)
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                partial(trio.to_thread.run_sync, pump, limiter=self._stream_limiter)
-            )
+            nursery.start_soon(run_pump)
             # Leaving early (the sink failed, or cancellation) closes the channel, which
             # stops the worker at its next chunk.
             async with receive:
-                async for chunk in receive:
-                    await sink(chunk)
+                try:
+                    async for chunk in receive:
+                        await sink(chunk)
+                except Exception as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
