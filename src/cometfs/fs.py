@@ -230,8 +230,12 @@ class CometFS(pyfuse3.Operations):
             )
         raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
 
+    # pyfuse3 replies from any contiguous buffer (PyObject_GetBuffer), so a view of a cached
+    # block goes to the kernel without a copy; its stub only says bytes.
     @_fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(  # type: ignore[override]
+        self, fh: int, off: int, size: int
+    ) -> bytes | memoryview:
         handle = self._handle(fh)
         if isinstance(handle, bytes):
             return handle[off : off + size]

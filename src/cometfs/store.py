@@ -41,6 +41,9 @@ T = TypeVar("T")
 
 ERROR_TTL = 2.0
 CACHE_ENTRIES = 4096
+# Chunks (1 MiB each) a stream may have received ahead of the reader; part of the reader's
+# per-stream allowance in its memory budget.
+_STREAM_CHUNKS_QUEUED = 2
 
 
 class RestClient(Protocol):
@@ -268,13 +271,43 @@ class Store:
 
     async def stream(self, key: AssetKey, sink: Callable[[bytes], Awaitable[None]]) -> None:
         token = trio.lowlevel.current_trio_token()
+        # A few chunks in a bounded channel let the worker receive the next chunk while the
+        # trio thread cuts the last one into blocks; a full channel is the reader's
+        # backpressure. Handing a chunk over is a cheap synchronous hop unless it is full.
+        send, receive = trio.open_memory_channel[bytes](_STREAM_CHUNKS_QUEUED)
 
         def pump() -> None:
-            with self._client.stream(
-                key.asset_id, key.version_id, expected_size=key.size
-            ) as chunks:
-                for chunk in chunks:
-                    # Blocks until the sink is done: the reader's backpressure.
-                    trio.from_thread.run(sink, chunk, trio_token=token)
+            try:
+                with self._client.stream(
+                    key.asset_id, key.version_id, expected_size=key.size
+                ) as chunks:
+                    for chunk in chunks:
+                        try:
+                            trio.from_thread.run_sync(send.send_nowait, chunk, trio_token=token)
+                        except trio.WouldBlock:
+                            trio.from_thread.run(send.send, chunk, trio_token=token)
+            finally:
+                trio.from_thread.run_sync(send.close, trio_token=token)
 
-        await trio.to_thread.run_sync(pump, limiter=self._stream_limiter)
+        # Errors are collected rather than raised inside the nursery, so callers see the
+        # client's own exception (NotFound, TransientError...), not an ExceptionGroup.
+        errors: list[Exception] = []
+
+        async def run_pump() -> None:
+            try:
+                await trio.to_thread.run_sync(pump, limiter=self._stream_limiter)
+            except Exception as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_pump)
+            # Leaving early (the sink failed, or cancellation) closes the channel, which
+            # stops the worker at its next chunk.
+            async with receive:
+                try:
+                    async for chunk in receive:
+                        await sink(chunk)
+                except Exception as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[0]

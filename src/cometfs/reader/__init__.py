@@ -5,8 +5,10 @@ Public surface (everything else is internal):
     AssetKey      identity of immutable bytes (from cometfs.model, re-exported)
     ByteSource    what the reader needs from the store facade (fetch_range, stream)
     DiskCache     persistent block cache; sync, called from worker threads
-    MemoryCache   the one-budget LRU of blocks; trio thread
-    AssetReader   read(handle, offset, size); `async with reader:` runs its background work
+    MemoryCache   the LRU of cached pieces under the one memory budget every buffer counts
+                  against (cached, in flight, queued for the disk); trio thread
+    AssetReader   read(handle, offset, size) -> bytes or a read-only memoryview;
+                  `async with reader:` runs its background work
     ReadHandle    per-open-file state returned by AssetReader.open
 """
 

@@ -106,3 +106,26 @@ class Readahead:
             self.window = 0
             self.ahead_end = 0
             self.run_start = offset
+
+
+def aligned_span(start: int, end: int, align: int, limit: int) -> tuple[int, int]:
+    """[start, end) widened to multiples of `align`, clipped to [0, limit)."""
+    return start - start % align, min(limit, -(-end // align) * align)
+
+
+def coalesce(spans: Iterable[tuple[int, int]], max_bytes: int) -> list[list[int]]:
+    """Group sorted, non-overlapping [start, end) spans into runs of abutting spans.
+
+    Returns the positions (in the given order) of each run's spans. A run grows past
+    `max_bytes` only when its first span alone is that large, so one fetch stays bounded.
+    """
+    runs: list[list[int]] = []
+    run_start = prev_end = -1
+    for position, (start, end) in enumerate(spans):
+        if runs and start == prev_end and end - run_start <= max_bytes:
+            runs[-1].append(position)
+        else:
+            runs.append([position])
+            run_start = start
+        prev_end = end
+    return runs
