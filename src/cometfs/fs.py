@@ -218,7 +218,7 @@ class CometFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         node = self._tree.node(inode)
         if isinstance(node, AssetFile):
-            fh = self._new_handle(self._reader.open(node.key), ctx)
+            fh = self._new_handle(self._reader.open(node.key, following=node.following), ctx)
             return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         if isinstance(node, VirtualFile):
             # Reads see the document as it was at open, so a refresh never tears a file; an

@@ -73,8 +73,12 @@ class Directory(Node):
 
 @dataclass(eq=False)
 class AssetFile(Node):
+    """An asset's bytes. `following` are the next assets of its directory in listing order,
+    which lets the reader fetch ahead when a reader walks the directory."""
+
     asset: Asset
     key: AssetKey
+    following: tuple[AssetKey, ...] = ()
 
 
 @dataclass(eq=False)
@@ -120,6 +124,19 @@ def render_json(value: Any) -> bytes:
     exactly `\\ud800`), so the document stays valid UTF-8 and reads back the same."""
     text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     return text.encode("utf-8", "backslashreplace")
+
+
+# How many of a directory's next assets an open file names for cross-file readahead.
+FOLLOWING = 16
+
+
+def _link_following(entries: Mapping[str, Node]) -> None:
+    """Give each asset file of one directory the keys of the assets after it (name order)."""
+    files = [entries[name] for name in sorted(entries) if isinstance(entries[name], AssetFile)]
+    keys = [node.key for node in files if isinstance(node, AssetFile)]
+    for index, node in enumerate(files):
+        if isinstance(node, AssetFile):
+            node.following = tuple(keys[index + 1 : index + 1 + FOLLOWING])
 
 
 def _ms_to_ns(ms: int | None, default_ns: int) -> int:
@@ -652,6 +669,8 @@ class Tree:
             dirs[parts[:-1]][parts[-1]] = self._symlink(
                 (*base, "remote", asset.asset_id), mtime, link, immutable=True
             )
+        for entries in dirs.values():
+            _link_following(entries)
         # Deepest first, so each directory's listing is complete when it is filled.
         for prefix in sorted(dirs, key=len, reverse=True):
             if prefix:

@@ -227,7 +227,7 @@ def test_reread_served_from_memory_and_disk_cache(world, mount_factory) -> None:
     read_all(mount)
     after = cache_stats(mount)
     assert asset_requests(server) == []
-    assert after["hits_memory"] - before["hits_memory"] >= len(small)
+    assert after["hits_memory"] - before["hits_memory"] >= sum(1 for v in small.values() if v)
     assert after["hits_disk"] == before["hits_disk"]
     mount.stop()
 
