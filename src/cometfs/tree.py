@@ -433,7 +433,8 @@ class Tree:
     def _root_meta(self) -> Directory:
         async def render_status() -> bytes:
             # The listing counters (stale listings served, cached errors) come with the rest.
-            return render_json({**self._status(), "metadata": self._store.stats()})
+            metadata = {**self._store.stats(), "inodes": self.inode_count}
+            return render_json({**self._status(), "metadata": metadata})
 
         status = self._virtual(
             ("status",), self._now_ns, render_status, immutable=False, live=True
