@@ -206,7 +206,8 @@ class CometFS(pyfuse3.Operations):
             attrs = await self._attributes(node)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, index + 1):
                 break
-
+            # readdirplus: the kernel now holds a reference, which it will forget later.
+            self._tree.remember(node)
 
     # -- files -------------------------------------------------------------------------------
 

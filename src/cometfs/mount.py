@@ -34,7 +34,7 @@ from cometfs.config import Config
 from cometfs.deadlines import Guard
 from cometfs.errors import CometFSError, NotFound, TransientError, Unauthorized
 from cometfs.fs import CometFS
-from cometfs.reader import AssetReader
+from cometfs.reader import AssetReader, DiskCache
 from cometfs.readpath import build_read_path
 from cometfs.readpath import default_cache_dir as default_cache_dir  # cli.py imports it here
 
@@ -200,6 +200,7 @@ async def _run(options: MountOptions, client: CometClient, ready: Callable[[], N
 
             nursery.start_soon(on_signal)
             nursery.start_soon(guard.watch)
+            nursery.start_soon(_scan_cache, disk)
             ready()
             # Runs in a thread: its stat() is answered by pyfuse3.main below.
             nursery.start_soon(trio.to_thread.run_sync, _raise_readahead, options.mountpoint)
@@ -213,6 +214,14 @@ async def _run(options: MountOptions, client: CometClient, ready: Callable[[], N
         # external `fusermount3 -u` the kernel side is gone already.
         pyfuse3.close(unmount=clean_exit and os.path.ismount(options.mountpoint))
         client.close()
+
+
+async def _scan_cache(disk: DiskCache) -> None:
+    """Index what earlier mounts left in the disk cache, off the trio thread."""
+    try:
+        await trio.to_thread.run_sync(disk.scan)
+    except OSError as exc:
+        log.warning("disk cache %s could not be scanned; it fills up afresh: %s", disk.root, exc)
 
 
 def _raise_readahead(mountpoint: Path) -> None:

@@ -244,8 +244,11 @@ def test_middle_of_large_asset_fetches_little(world, mounted) -> None:
     with open(version_dir(mounted, "1.0.0") / "big.bin", "rb") as handle:
         handle.seek(middle)
         assert handle.read(1 << 20) == data.v1["big.bin"][middle : middle + (1 << 20)]
+    # Wait for the readahead this read started, then count: the 1 MiB read plus the kernel's
+    # and the reader's readahead windows, a bounded part of the 64 MiB, never the whole.
+    time.sleep(1)
     fetched = sum(r["bytes"] for r in asset_requests(server))
-    assert 1 << 20 <= fetched <= 8 << 20, fetched
+    assert 1 << 20 <= fetched <= 12 << 20, fetched
 
 
 def test_comet_json_files(world, mounted) -> None:

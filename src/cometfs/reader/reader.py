@@ -944,11 +944,4 @@ def _disk_put_batch(
 def _disk_put_many(disk: DiskCache, key: AssetKey, blocks: dict[int, memoryview]) -> None:
     """Worker thread: store whole blocks."""
     for index, data in blocks.items():
-        disk.put(key, index, _disk_payload(data))
-
-
-def _disk_payload(data: memoryview) -> bytes:
-    # DiskCache.put appends its trailer with `data + trailer`, which needs bytes; once it
-    # takes any buffer (the disk-cache rewrite), `data` goes through as it is.
-    whole = data.obj
-    return whole if isinstance(whole, bytes) and len(whole) == len(data) else bytes(data)
+        disk.put(key, index, data)
