@@ -8,7 +8,7 @@ DEMO_DIR := .demo
 DEMO_PORT ?= 18777
 MNT := mnt
 
-.PHONY: sysdeps venv test lint demo demo-stop bench bench-deps clean
+.PHONY: sysdeps venv unit test lint demo demo-stop bench bench-deps clean
 
 sysdeps:
 	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null; then \
@@ -28,6 +28,9 @@ venv: sysdeps $(STAMP)
 lint: venv
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/mypy
+
+unit: lint
+	COMET_ERROR_TRACKING_ENABLE=false $(BIN)/pytest -m 'not fuse and not sdk' -q
 
 test: lint
 	COMET_ERROR_TRACKING_ENABLE=false $(BIN)/pytest
