@@ -79,7 +79,7 @@ from benchlib import (
     summarize_requests,
     watchdog,
 )
-from cometfs.server import AssetSource, Store
+from cometfs.server import ArtifactStore, AssetSource
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
@@ -176,7 +176,7 @@ class Bench:
 
     def _build_store(self) -> None:
         t0 = time.perf_counter()
-        store = Store(self.work / "store")
+        store = ArtifactStore(self.work / "store")
         src = self.work / "src"
         src.mkdir()
         rng = random.Random(6)

@@ -26,7 +26,7 @@ from cometfs.errors import (
     Unauthorized,
 )
 from cometfs.model import Asset
-from cometfs.server import AssetSource, CometServer, FaultRule, Store, parse_faults
+from cometfs.server import ArtifactStore, AssetSource, CometServer, FaultRule, parse_faults
 
 MiB = 1 << 20
 WS = "ml-team"
@@ -57,13 +57,13 @@ def no_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 class World:
     """What the tests put into the store, to compare the client's answers with."""
 
-    store: Store
+    store: ArtifactStore
     images_v1: str
     images_v2: str
 
 
 @pytest.fixture
-def world(store: Store) -> World:
+def world(store: ArtifactStore) -> World:
     v1 = store.add_version(
         WS,
         "images",

@@ -11,11 +11,11 @@ from typing import Any, cast
 import pytest
 
 from cometfs.errors import StoreError
-from cometfs.server import AssetSource, Store, seed_demo
+from cometfs.server import ArtifactStore, AssetSource, seed_demo
 from cometfs.server.store import ArtifactRec, VersionRec
 
 
-def _art(store: Store, ws: str, name: str) -> ArtifactRec:
+def _art(store: ArtifactStore, ws: str, name: str) -> ArtifactRec:
     art = store.snapshot().artifact(ws, name)
     assert art is not None, f"{ws}/{name} missing"
     return art
@@ -31,7 +31,7 @@ def _version_of(ver: VersionRec | None) -> str:
     return ver.version
 
 
-def test_add_version_roundtrip(store: Store, tmp_path: Path) -> None:
+def test_add_version_roundtrip(store: ArtifactStore, tmp_path: Path) -> None:
     src = tmp_path / "f.bin"
     src.write_bytes(b"hello file")
     v = store.add_version(
@@ -66,7 +66,7 @@ def test_add_version_roundtrip(store: Store, tmp_path: Path) -> None:
     assert exp["workspaceName"] == "ws" and exp["running"] is False
 
 
-def test_hostile_logical_paths_are_kept_verbatim(store: Store) -> None:
+def test_hostile_logical_paths_are_kept_verbatim(store: ArtifactStore) -> None:
     paths = ["../x", "/abs", "a//b", "dup", "dup", "f", "f/g", ".comet/x", "n" * 300,
              "üñí/çødé ✓", "sp ace", "a\\b"]
     store.add_version("ws", "hostile", [AssetSource(p, data=p.encode()) for p in paths])
@@ -75,31 +75,31 @@ def test_hostile_logical_paths_are_kept_verbatim(store: Store) -> None:
 
 
 @pytest.mark.parametrize("bad", ["1.0", "v1.0.0", "01.0.0", "1.0.0.0", "", "latest", " 1.0.0"])
-def test_rejects_non_semver(store: Store, bad: str) -> None:
+def test_rejects_non_semver(store: ArtifactStore, bad: str) -> None:
     with pytest.raises(StoreError, match="semver"):
         store.add_version("ws", "a", [AssetSource("x", data=b"1")], version=bad)
 
 
-def test_accepts_prerelease_and_build(store: Store) -> None:
+def test_accepts_prerelease_and_build(store: ArtifactStore) -> None:
     assert store.add_version("ws", "a", [], version="1.0.0-rc.1+b7") == "1.0.0-rc.1+b7"
     # semver: the next major release after 1.0.0-rc.1 is 1.0.0 itself.
     assert store.add_version("ws", "a", []) == "1.0.0"
     assert store.add_version("ws", "a", []) == "2.0.0"
 
 
-def test_duplicate_version(store: Store) -> None:
+def test_duplicate_version(store: ArtifactStore) -> None:
     store.add_version("ws", "a", [AssetSource("x", data=b"1")], version="1.2.3")
     with pytest.raises(StoreError, match="already has version 1.2.3"):
         store.add_version("ws", "a", [AssetSource("x", data=b"2")], version="1.2.3")
 
 
 @pytest.mark.parametrize(("ws", "name"), [("", "a"), ("ws", ""), ("a/b", "x"), ("ws", "x/y")])
-def test_bad_names(store: Store, ws: str, name: str) -> None:
+def test_bad_names(store: ArtifactStore, ws: str, name: str) -> None:
     with pytest.raises(StoreError, match="name"):
         store.add_version(ws, name, [AssetSource("x", data=b"1")])
 
 
-def test_bad_inputs(store: Store, tmp_path: Path) -> None:
+def test_bad_inputs(store: ArtifactStore, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="JSON object"):
         store.add_version("ws", "a", [], metadata=cast(Any, [1, 2]))
     with pytest.raises(StoreError, match="JSON-serialisable"):
@@ -121,7 +121,7 @@ def test_bad_inputs(store: Store, tmp_path: Path) -> None:
     assert store.snapshot().artifact("ws", "a") is None
 
 
-def test_add_directory(store: Store, tmp_path: Path) -> None:
+def test_add_directory(store: ArtifactStore, tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "b" / "c").mkdir(parents=True)
     (src / "z.txt").write_bytes(b"z")
@@ -133,7 +133,7 @@ def test_add_directory(store: Store, tmp_path: Path) -> None:
     assert ver.aliases == ("x",)
 
 
-def test_add_directory_errors(store: Store, tmp_path: Path) -> None:
+def test_add_directory_errors(store: ArtifactStore, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         store.add_directory("ws", "d", tmp_path / "nope")
     src = tmp_path / "src"
@@ -145,7 +145,9 @@ def test_add_directory_errors(store: Store, tmp_path: Path) -> None:
     assert store.snapshot().artifact("ws", "d") is None
 
 
-def test_no_half_written_version_when_a_source_vanishes(store: Store, tmp_path: Path) -> None:
+def test_no_half_written_version_when_a_source_vanishes(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
     store.add_version("ws", "a", [AssetSource("old", data=b"old")])
     good = tmp_path / "good"
     good.write_bytes(b"good bytes")
@@ -159,14 +161,14 @@ def test_no_half_written_version_when_a_source_vanishes(store: Store, tmp_path: 
     assert art.tags == ()
     assert art.versions[0].aliases == ()
     assert list((store.root / "tmp").iterdir()) == []
-    # A fresh Store (another process) sees the same committed state.
-    assert [v.version for v in _art(Store(store.root), "ws", "a").versions] == ["1.0.0"]
+    # A fresh ArtifactStore (another process) sees the same committed state.
+    assert [v.version for v in _art(ArtifactStore(store.root), "ws", "a").versions] == ["1.0.0"]
     # And the version number is still free.
     gone.write_bytes(b"back")
     assert store.add_version("ws", "a", [AssetSource("gone", path=gone)]) == "2.0.0"
 
 
-def test_default_version_bumps_major_of_highest(store: Store) -> None:
+def test_default_version_bumps_major_of_highest(store: ArtifactStore) -> None:
     assert store.add_version("ws", "a", []) == "1.0.0"
     assert store.add_version("ws", "a", [], version="3.4.5") == "3.4.5"
     assert store.add_version("ws", "a", [], version="2.0.0") == "2.0.0"
@@ -175,7 +177,7 @@ def test_default_version_bumps_major_of_highest(store: Store) -> None:
         "1.0.0", "2.0.0", "3.4.5", "4.0.0"]
 
 
-def test_alias_moves_to_newer_version(store: Store) -> None:
+def test_alias_moves_to_newer_version(store: ArtifactStore) -> None:
     store.add_version("ws", "a", [], aliases=["prod", "keep"])
     store.add_version("ws", "a", [], aliases=["prod"])
     art = _art(store, "ws", "a")
@@ -195,7 +197,7 @@ def test_alias_moves_to_newer_version(store: Store) -> None:
     assert _art(store, "ws", "a").find_alias("prod") is None
 
 
-def test_type_description_tags(store: Store) -> None:
+def test_type_description_tags(store: ArtifactStore) -> None:
     store.add_version("ws", "a", [], artifact_type="model", tags=["x"], description="first")
     store.add_version("ws", "a", [], artifact_type="dataset", tags=["y", "x"])
     art = _art(store, "ws", "a")
@@ -208,9 +210,9 @@ def test_type_description_tags(store: Store) -> None:
 
 def test_persistence_and_cross_instance_visibility(tmp_path: Path) -> None:
     root = tmp_path / "s"
-    reader = Store(root)
+    reader = ArtifactStore(root)
     assert reader.snapshot().workspaces() == []
-    writer = Store(root)
+    writer = ArtifactStore(root)
     writer.add_version("ws", "a", [AssetSource("x", data=b"1")], aliases=["p"])
     # The reader's cached snapshot must notice the other instance's commit.
     assert reader.snapshot().workspaces() == ["ws"]
@@ -220,10 +222,10 @@ def test_persistence_and_cross_instance_visibility(tmp_path: Path) -> None:
     assert [v.version for v in art.versions] == ["1.0.0", "2.0.0"]
     assert _version_of(art.find_alias("p")) == "2.0.0"
     # Ids are stable across instances.
-    assert _art(Store(root), "ws", "a") == art
+    assert _art(ArtifactStore(root), "ws", "a") == art
 
 
-def test_snapshot_is_cached_until_a_commit(store: Store) -> None:
+def test_snapshot_is_cached_until_a_commit(store: ArtifactStore) -> None:
     store.add_version("ws", "a", [])
     first = store.snapshot()
     assert store.snapshot() is first
@@ -231,7 +233,7 @@ def test_snapshot_is_cached_until_a_commit(store: Store) -> None:
     assert store.snapshot() is not first
 
 
-def test_odd_workspace_and_artifact_names(store: Store) -> None:
+def test_odd_workspace_and_artifact_names(store: ArtifactStore) -> None:
     names = [".", "..", "my data+set", "~x", "%2E", "x" * 400, "ünï"]
     for n in names:
         store.add_version(n, n, [AssetSource("f", data=n.encode())])
@@ -249,7 +251,7 @@ def test_concurrent_writers_do_not_lose_versions(tmp_path: Path) -> None:
 
     def add(i: int) -> None:
         try:
-            Store(root).add_version("ws", "a", [AssetSource("x", data=str(i).encode())],
+            ArtifactStore(root).add_version("ws", "a", [AssetSource("x", data=str(i).encode())],
                                     version=f"1.0.{i}")
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -260,10 +262,10 @@ def test_concurrent_writers_do_not_lose_versions(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert len(_art(Store(root), "ws", "a").versions) == 8
+    assert len(_art(ArtifactStore(root), "ws", "a").versions) == 8
 
 
-def test_seed_demo_is_idempotent(store: Store) -> None:
+def test_seed_demo_is_idempotent(store: ArtifactStore) -> None:
     seed_demo(store)
     snap = store.snapshot()
     ids = {name: art.artifact_id for name, art in snap.artifacts["demo"].items()}
@@ -289,7 +291,9 @@ def _tree_with_links(tmp_path: Path) -> tuple[Path, Path]:
     return src, secret
 
 
-def test_add_directory_refuses_a_symlink_and_adds_nothing(store: Store, tmp_path: Path) -> None:
+def test_add_directory_refuses_a_symlink_and_adds_nothing(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
     src, secret = _tree_with_links(tmp_path)
     (src / "sub" / "passwd").symlink_to(secret)
     with pytest.raises(StoreError, match=r"sub/passwd is a symbolic link.*--follow-symlinks"):
@@ -307,7 +311,7 @@ def test_add_directory_refuses_a_symlink_and_adds_nothing(store: Store, tmp_path
         store.add_directory("ws", "a", src)
 
 
-def test_follow_symlinks_copies_targets_inside_only(store: Store, tmp_path: Path) -> None:
+def test_follow_symlinks_copies_targets_inside_only(store: ArtifactStore, tmp_path: Path) -> None:
     src, secret = _tree_with_links(tmp_path)
     (src / "inner").symlink_to("real.txt")
     (src / "dirlink").symlink_to("sub")
@@ -326,7 +330,9 @@ def test_follow_symlinks_copies_targets_inside_only(store: Store, tmp_path: Path
     assert "escape" in names
 
 
-def test_follow_symlinks_refuses_loops_and_dangling_links(store: Store, tmp_path: Path) -> None:
+def test_follow_symlinks_refuses_loops_and_dangling_links(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
     src, _ = _tree_with_links(tmp_path)
     (src / "sub" / "up").symlink_to("..")
     with pytest.raises(StoreError, match="symlink loop"):
@@ -347,7 +353,7 @@ def test_cli_store_add_refuses_symlinks(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["store", "add", "ws/a", str(src), "--store", str(root)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("cometfs store: ") and "passwd is a symbolic link" in err
-    assert Store(root).snapshot().artifact("ws", "a") is None
+    assert ArtifactStore(root).snapshot().artifact("ws", "a") is None
     assert main(["store", "add", "ws/a", str(src), "--store", str(root),
                  "--follow-symlinks"]) == 1
     assert "outside the source directory" in capsys.readouterr().err
@@ -367,7 +373,7 @@ def test_stale_temp_blobs_are_removed_on_open(tmp_path: Path) -> None:
     import sys
 
     root = tmp_path / "s"
-    Store(root)
+    ArtifactStore(root)
     tmp = root / "tmp"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
@@ -383,11 +389,13 @@ def test_stale_temp_blobs_are_removed_on_open(tmp_path: Path) -> None:
     live.write_bytes(b"w")
     legacy_new = tmp / f"{'e' * 32}.blob"
     legacy_new.write_bytes(b"v")
-    Store(root)
+    ArtifactStore(root)
     assert sorted(p.name for p in tmp.iterdir()) == sorted([live.name, legacy_new.name])
 
 
-def test_temp_files_carry_the_writer_pid(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_temp_files_carry_the_writer_pid(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[str] = []
     real_replace = os.replace
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cometfs.server import AssetSource, Store, parse_faults
+from cometfs.server import ArtifactStore, AssetSource, parse_faults
 
 from .conftest import CLI, _wait_unmounted
 from .test_live import mount_pid, wait_for
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.fuse
 WS = "slow-ws"
 
 
-def add(store: Store, name: str, files: dict[str, bytes]) -> None:
+def add(store: ArtifactStore, name: str, files: dict[str, bytes]) -> None:
     store.add_version(WS, name, [AssetSource(p, data=d) for p, d in files.items()],
                       version="1.0.0")
 

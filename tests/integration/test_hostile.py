@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cometfs.server import CometServer, Store
+from cometfs.server import ArtifactStore, CometServer
 
 from .conftest import Mount
 
@@ -37,7 +37,7 @@ def hostile_links(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def hostile(tmp_path: Path, store: Store, make_server: object) -> CometServer:
+def hostile(tmp_path: Path, store: ArtifactStore, make_server: object) -> CometServer:
     (tmp_path / "canary.txt").write_bytes(CANARY)
     source = tmp_path / "src"
     (source / "train" / "cat").mkdir(parents=True)

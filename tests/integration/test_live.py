@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cometfs.server import ApiKey, AssetSource, Store, parse_faults
+from cometfs.server import ApiKey, ArtifactStore, AssetSource, parse_faults
 
 from .conftest import CLI, Mount, _wait_unmounted
 
@@ -32,7 +32,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def add(store: Store, name: str, files: dict[str, bytes], **kwargs: object) -> str:
+def add(store: ArtifactStore, name: str, files: dict[str, bytes], **kwargs: object) -> str:
     return store.add_version(
         WS, name, [AssetSource(p, data=d) for p, d in files.items()], **kwargs  # type: ignore[arg-type]
     )
@@ -217,7 +217,7 @@ def test_cli_store_add_then_mount(tmp_path, make_server, mount_factory, api_key)
          "--version", "1.2"], capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode != 0 and "1.2" in bad.stderr
-    server = make_server(store=Store(store_dir))
+    server = make_server(store=ArtifactStore(store_dir))
     mount = mount_factory(server)
     artifact = mount.path / WS / "cli-art"
     assert (artifact / "prod" / "sub" / "x.txt").read_text() == "x"

@@ -3,7 +3,7 @@
 `CometServer` wraps a stdlib `ThreadingHTTPServer`. Its accept loop runs on one background
 thread (started by `start()`); every connection gets its own daemon handler thread, so
 parallel downloads are served in parallel. Handlers read the store through
-`Store.snapshot()`, which picks up commits made by other processes on the next request.
+`ArtifactStore.snapshot()`, which picks up commits made by other processes on the next request.
 
 Choices for behaviour the real backend does not document ([INFERRED] in the spec):
 
@@ -58,7 +58,7 @@ from cometfs.server.auth import ApiKey, parse_api_key
 from cometfs.server.bomb import gzip_bomb
 from cometfs.server.faults import STALL_MAX, FaultPlan, FaultRule
 from cometfs.server.reqlog import RequestLog
-from cometfs.server.store import OWNER, ArtifactRec, Snapshot, Store, VersionRec
+from cometfs.server.store import OWNER, ArtifactRec, ArtifactStore, Snapshot, VersionRec
 
 logger = logging.getLogger(__name__)
 
@@ -620,7 +620,7 @@ def _find_artifact(
 
 
 class CometServer:
-    """A Comet-compatible REST server over a `Store`, on a background thread.
+    """A Comet-compatible REST server over a `ArtifactStore`, on a background thread.
 
     `request_log` records every request (the newest `request_log_max` in memory; all of
     them in `request_log_path` when given); `faults` can be changed while it runs.
@@ -629,7 +629,7 @@ class CometServer:
 
     def __init__(
         self,
-        store: Store,
+        store: ArtifactStore,
         *,
         host: str = "127.0.0.1",
         port: int = 0,

@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from cometfs.server.store import AssetSource, Store
+from cometfs.server.store import ArtifactStore, AssetSource
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ A synthetic, Titanic-shaped passenger table for the cometfs demo.
 """
 
 
-def seed_demo(store: Store) -> None:
+def seed_demo(store: ArtifactStore) -> None:
     """Add the demo artifacts to `store`, skipping versions that are already there."""
     snap = store.snapshot()
 

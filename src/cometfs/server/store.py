@@ -1,7 +1,7 @@
 """The local server's store: artifact versions and their bytes in one directory on disk.
 
-Writers (`cometfs store add`, `seed_demo`, tests) call `Store.add_version` and friends; the
-HTTP app reads through `Store.snapshot()`. Both may live in different processes at once.
+Writers (`cometfs store add`, `seed_demo`, tests) call `ArtifactStore.add_version` and friends; the
+HTTP app reads through `ArtifactStore.snapshot()`. Both may live in different processes at once.
 
 Layout under the root (every JSON file is written to a temporary name and renamed):
 
@@ -263,7 +263,7 @@ def _read_json(path: Path) -> Any:
         return json.load(f)
 
 
-class Store:
+class ArtifactStore:
     """A store directory. Cheap to construct; several instances may share one root."""
 
     def __init__(self, root: Path) -> None:
