@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from cometfs.server import ApiKey, ArtifactStore, AssetSource, CometServer
+from cometfs.server import ApiKey, ArtifactStore, AssetSource, CometServer, VersionSpec
 
 KEY = "bench-key"
 CHUNK = 4 << 20
@@ -67,7 +67,7 @@ def main() -> int:
         make_asset(src, size)
         store = ArtifactStore(Path(tmp) / "store")
         t0 = time.perf_counter()
-        store.add_version("bench", "big", [AssetSource("asset.bin", path=src)])
+        store.add_version(VersionSpec("bench", "big", [AssetSource("asset.bin", path=src)]))
         src.unlink()
         print(f"store add: {args.size_mib} MiB in {time.perf_counter() - t0:.2f} s")
         asset_id = store.snapshot().artifacts["bench"]["big"].versions[0].assets[0].asset_id

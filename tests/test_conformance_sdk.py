@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cometfs.server import ApiKey, ArtifactStore, AssetSource, CometServer
+from cometfs.server import ApiKey, ArtifactStore, AssetSource, CometServer, VersionSpec
 
 if os.environ.get("CI"):  # CI must prove fidelity, never skip it
     import comet_ml
@@ -52,13 +52,13 @@ def _sources(files: dict[str, bytes], meta: dict[str, dict[str, Any]] | None = N
 
 @pytest.fixture
 def populated(store: ArtifactStore) -> ArtifactStore:
-    store.add_version(WS, NAME, _sources(V1_FILES), version="1.0.0", aliases=["prod"],
+    store.add_version(VersionSpec(WS, NAME, _sources(V1_FILES), version="1.0.0", aliases=["prod"],
                       tags=["tagA"], version_tags=["v1tag"], metadata={"n": 1},
-                      experiment_key=EXP1)
-    store.add_version(WS, NAME, _sources(V2_FILES, V2_ASSET_META), **V2_KWARGS)
-    store.add_version(WS, "my data+set", [AssetSource("a b+c.txt", data=b"plus")],
-                      artifact_type="model")
-    store.add_version("other-ws", "hidden", [AssetSource("h", data=b"h")])
+                      experiment_key=EXP1))
+    store.add_version(VersionSpec(WS, NAME, _sources(V2_FILES, V2_ASSET_META), **V2_KWARGS))
+    store.add_version(VersionSpec(WS, "my data+set", [AssetSource("a b+c.txt", data=b"plus")],
+                      artifact_type="model"))
+    store.add_version(VersionSpec("other-ws", "hidden", [AssetSource("h", data=b"h")]))
     return store
 
 

@@ -23,6 +23,7 @@ from cometfs.server import (
     CometServer,
     FaultPlan,
     FaultRule,
+    VersionSpec,
     parse_api_key,
     parse_faults,
 )
@@ -45,17 +46,18 @@ class World:
 
 @pytest.fixture
 def world(store: ArtifactStore) -> World:
-    store.add_version("ws1", "data", [AssetSource("blob.bin", data=b"old")],
-                      aliases=["prod"], version_tags=["v1"], experiment_key=EXP_KEY)
-    store.add_version(
+    store.add_version(VersionSpec("ws1", "data", [AssetSource("blob.bin", data=b"old")],
+                      aliases=["prod"], version_tags=["v1"], experiment_key=EXP_KEY))
+    store.add_version(VersionSpec(
         "ws1", "data",
         [AssetSource("blob.bin", data=BLOB), AssetSource("dir/m.txt", data=b"m", metadata={"k": 1}),
          AssetSource("empty", data=b"")],
         aliases=["staging"], tags=["tagA"], version_tags=["v2"], metadata={"n": 2},
         remotes={"r.csv": "https://example.invalid/r.csv"}, description="d",
-    )
-    store.add_version("ws1", "my data+set", [AssetSource("x", data=b"x")], artifact_type="model")
-    store.add_version("ws2", "secret", [AssetSource("s", data=b"top secret")])
+    ))
+    store.add_version(VersionSpec("ws1", "my data+set", [AssetSource("x", data=b"x")],
+                                  artifact_type="model"))
+    store.add_version(VersionSpec("ws2", "secret", [AssetSource("s", data=b"top secret")]))
     snap = store.snapshot()
     ver = snap.artifacts["ws1"]["data"].versions[1]
     by_name = {a.file_name: a for a in ver.assets}
@@ -238,7 +240,8 @@ def test_new_commits_are_visible_to_a_running_server(world: World, server: Comet
     params = {"workspace": "ws1", "artifactName": "data"}
     assert assert_json(get(server, REST + "artifacts/version", api_key,
                            params=params))["artifactVersion"] == "2.0.0"
-    ArtifactStore(world.store.root).add_version("ws1", "data", [AssetSource("n", data=b"n")])
+    ArtifactStore(world.store.root).add_version(
+        VersionSpec("ws1", "data", [AssetSource("n", data=b"n")]))
     assert assert_json(get(server, REST + "artifacts/version", api_key,
                            params=params))["artifactVersion"] == "3.0.0"
 
@@ -413,7 +416,7 @@ def test_parallel_downloads(world: World, server: CometServer, api_key: str) -> 
 def test_a_stalled_download_does_not_block_others(store: ArtifactStore, server: CometServer,
                                                   api_key: str) -> None:
     big = bytes(64 << 20)  # far more than the socket buffers hold
-    store.add_version("ws", "big", [AssetSource("big", data=big)])
+    store.add_version(VersionSpec("ws", "big", [AssetSource("big", data=big)]))
     asset_id = store.snapshot().artifacts["ws"]["big"].versions[0].assets[0].asset_id
     stalled = get(server, REST + "experiment/asset/get-asset", api_key,
                   params=asset_params(asset_id), stream=True)
@@ -668,6 +671,6 @@ def test_request_log_is_bounded(world: World, make_server: Callable[..., CometSe
 def test_make_server_takes_store_by_keyword(make_server: Callable[..., CometServer],
                                             tmp_path: Path, api_key: str) -> None:
     other = ArtifactStore(tmp_path / "other-store")
-    other.add_version("kw", "a", [AssetSource("x", data=b"x")])
+    other.add_version(VersionSpec("kw", "a", [AssetSource("x", data=b"x")]))
     srv = make_server(store=other)
     assert assert_json(get(srv, REST + "workspaces", api_key)) == {"workspaceNames": ["kw"]}

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 import requests
 
-from cometfs.server import ArtifactStore, AssetSource, CometServer, FaultRule, parse_faults
+from cometfs.server import (
+    ArtifactStore,
+    AssetSource,
+    CometServer,
+    FaultRule,
+    VersionSpec,
+    parse_faults,
+)
 from cometfs.server.faults import GZIP_BOMB_SIZE
 
 REST = "/api/rest/v2/"
@@ -30,9 +37,9 @@ SMALL = random.Random(8).randbytes(2000)
 
 @pytest.fixture
 def ids(store: ArtifactStore) -> dict[str, str]:
-    store.add_version("ws", "data", [AssetSource("big.bin", data=DATA),
-                                     AssetSource("small.bin", data=SMALL)], aliases=["prod"])
-    store.add_version("ws", "data", [AssetSource("big.bin", data=b"v2")])
+    store.add_version(VersionSpec("ws", "data", [AssetSource("big.bin", data=DATA),
+                                     AssetSource("small.bin", data=SMALL)], aliases=["prod"]))
+    store.add_version(VersionSpec("ws", "data", [AssetSource("big.bin", data=b"v2")]))
     ver = store.snapshot().artifacts["ws"]["data"].versions[0]
     by_name = {a.file_name: a.asset_id for a in ver.assets}
     return {"big": by_name["big.bin"], "small": by_name["small.bin"], "vid": ver.version_id}

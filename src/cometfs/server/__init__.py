@@ -20,7 +20,7 @@ from cometfs.server.app import CometServer
 from cometfs.server.auth import ApiKey, load_api_key_file, parse_api_key
 from cometfs.server.demo import seed_demo
 from cometfs.server.faults import FaultPlan, FaultRule, parse_faults
-from cometfs.server.store import ArtifactStore, AssetSource
+from cometfs.server.store import ArtifactStore, AssetSource, VersionSpec
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ __all__ = [
     "parse_faults",
     "seed_demo",
     "serve_forever",
+    "VersionSpec",
 ]
 
 

@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from cometfs.server.store import ArtifactStore, AssetSource
+from cometfs.server.store import ArtifactStore, AssetSource, VersionSpec
 
 logger = logging.getLogger(__name__)
 
@@ -206,9 +206,9 @@ def seed_demo(store: ArtifactStore) -> None:
     for day, (name, version, kwargs, make_assets) in enumerate(plans):
         if have(name, version):
             continue
-        store.add_version(
+        store.add_version(VersionSpec(
             WORKSPACE, name, make_assets(), version=version,
             experiment_key=_exp_key(name, version), created_ms=_BASE_MS + day * _DAY_MS,
             **kwargs,
-        )
+        ))
     logger.info("demo: workspace %r is seeded", WORKSPACE)
