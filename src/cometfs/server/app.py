@@ -1,9 +1,12 @@
-"""The local Comet-compatible HTTP server: routing, auth, byte serving, redirects, faults.
+"""The local Comet-compatible HTTP server: the plumbing around the endpoints.
 
 `CometServer` wraps a stdlib `ThreadingHTTPServer`. Its accept loop runs on one background
 thread (started by `start()`); every connection gets its own daemon handler thread, so
-parallel downloads are served in parallel. Handlers read the store through
-`ArtifactStore.snapshot()`, which picks up commits made by other processes on the next request.
+parallel downloads are served in parallel. The handler parses the request, applies latency
+and faults, checks the key, calls the endpoint that endpoints.py's route table names, writes
+its answer (JSON, a redirect, or blob bytes with Range and sendfile) and keeps the request
+log. Endpoints read the store through `ArtifactStore.snapshot()`, which picks up commits made
+by other processes on the next request.
 
 Choices for behaviour the real backend does not document ([INFERRED] in the spec):
 

@@ -1,7 +1,8 @@
 """The local server's store: artifact versions and their bytes in one directory on disk.
 
-Writers (`cometfs store add`, `seed_demo`, tests) call `ArtifactStore.add_version` and friends; the
-HTTP app reads through `ArtifactStore.snapshot()`. Both may live in different processes at once.
+Writers (`cometfs store add`, `seed_demo`, tests) call `ArtifactStore.add_version` with a
+validated `VersionSpec`, and friends; the HTTP endpoints read through
+`ArtifactStore.snapshot()`. Both may live in different processes at once.
 
 Layout under the root (every JSON file is written to a temporary name and renamed):
 
@@ -209,7 +210,6 @@ class ArtifactRec:
     artifact_type: str
     description: str | None
     tags: tuple[str, ...]
-    created_ms: int
     versions: tuple[VersionRec, ...]
 
     @property
@@ -237,11 +237,9 @@ class Snapshot:
     """An immutable view of the whole store at one generation."""
 
     root: Path
-    workspace_ids: Mapping[str, str]
     artifacts: Mapping[str, Mapping[str, ArtifactRec]]
     experiments: Mapping[str, Mapping[str, Any]]
     by_artifact_id: Mapping[str, ArtifactRec] = field(default_factory=dict)
-    by_version_id: Mapping[str, tuple[ArtifactRec, VersionRec]] = field(default_factory=dict)
     by_asset_id: Mapping[str, tuple[ArtifactRec, VersionRec, AssetRec]] = field(
         default_factory=dict
     )
@@ -773,10 +771,8 @@ class ArtifactStore:
             return None
 
     def _load(self) -> Snapshot:
-        workspace_ids: dict[str, str] = {}
         artifacts: dict[str, dict[str, ArtifactRec]] = {}
         by_artifact_id: dict[str, ArtifactRec] = {}
-        by_version_id: dict[str, tuple[ArtifactRec, VersionRec]] = {}
         by_asset_id: dict[str, tuple[ArtifactRec, VersionRec, AssetRec]] = {}
         ws_root = self.root / "workspaces"
         for ws_dir in sorted(ws_root.iterdir()):
@@ -794,12 +790,10 @@ class ArtifactStore:
                 arts[rec.name] = rec
                 by_artifact_id[rec.artifact_id] = rec
                 for v in rec.versions:
-                    by_version_id[v.version_id] = (rec, v)
                     for a in v.assets:
                         by_asset_id[a.asset_id] = (rec, v, a)
             if arts:
                 artifacts[ws_name] = arts
-                workspace_ids[ws_name] = ws_info["workspaceId"]
         experiments: dict[str, Mapping[str, Any]] = {}
         for exp_file in (self.root / "experiments").glob("*.json"):
             try:
@@ -809,9 +803,9 @@ class ArtifactStore:
                 continue
             experiments[exp["experimentKey"]] = exp
         return Snapshot(
-            root=self.root, workspace_ids=workspace_ids, artifacts=artifacts,
+            root=self.root, artifacts=artifacts,
             experiments=experiments, by_artifact_id=by_artifact_id,
-            by_version_id=by_version_id, by_asset_id=by_asset_id,
+            by_asset_id=by_asset_id,
         )
 
     def _load_artifact(self, art_dir: Path, ws_name: str, ws_id: str) -> ArtifactRec | None:
@@ -849,7 +843,7 @@ class ArtifactStore:
         return ArtifactRec(
             artifact_id=art["artifactId"], workspace=ws_name, workspace_id=ws_id,
             name=art["name"], artifact_type=art["type"], description=art["description"],
-            tags=tuple(art["tags"]), created_ms=art["created"], versions=tuple(versions),
+            tags=tuple(art["tags"]), versions=tuple(versions),
         )
 
 
