@@ -41,10 +41,10 @@ def filled(store: ArtifactStore) -> ArtifactStore:
 
 
 def call(
-    store: ArtifactStore, path: str, key: ApiKey | None = ALL, redirect: bool = False,
-    **params: str,
+    store: ArtifactStore, path: str, params: dict[str, str] | None = None, *,
+    key: ApiKey | None = ALL, redirect: bool = False,
 ) -> Response:
-    request = Request(path=path, params=params, store=store, signer=Signer(), key=key,
+    request = Request(path=path, params=params or {}, store=store, signer=Signer(), key=key,
                       host="127.0.0.1:9", redirect=redirect)
     return ep.route(path).endpoint(request)
 
@@ -88,28 +88,28 @@ def test_workspaces_follow_the_key(filled: ArtifactStore) -> None:
     assert body(call(filled, path))[Field.WORKSPACE_NAMES] == ["ws1", "ws2"]
     assert body(call(filled, path, key=ONLY_WS2))[Field.WORKSPACE_NAMES] == ["ws2"]
     with pytest.raises(HttpError) as err:
-        call(filled, REST_PREFIX + "artifacts/get-all", key=ONLY_WS2, workspace="ws1")
+        call(filled, REST_PREFIX + "artifacts/get-all", {"workspace": "ws1"}, key=ONLY_WS2)
     assert (err.value.status, err.value.sdk_error_code) == (404, ep.SDK_NO_WORKSPACE)
 
 
 def test_version_by_alias_version_or_alias_and_latest(filled: ArtifactStore) -> None:
     path = REST_PREFIX + "artifacts/version"
     common = {"workspace": "ws1", "artifactName": "data"}
-    assert body(call(filled, path, alias="prod", **common))[Field.ARTIFACT_VERSION] == "1.0.0"
-    assert body(call(filled, path, versionOrAlias="latest", **common))[
+    assert body(call(filled, path, {"alias": "prod", **common}))[Field.ARTIFACT_VERSION] == "1.0.0"
+    assert body(call(filled, path, {"versionOrAlias": "latest", **common}))[
         Field.ARTIFACT_VERSION] == "2.0.0"
-    assert body(call(filled, path, **common))[Field.ALIAS] == ["Latest"]
+    assert body(call(filled, path, common))[Field.ALIAS] == ["Latest"]
     with pytest.raises(HttpError) as err:
-        call(filled, path, version="9.0.0", **common)
+        call(filled, path, {"version": "9.0.0", **common})
     assert (err.value.status, err.value.sdk_error_code) == (400, ep.SDK_NO_VERSION)
 
 
 def test_get_asset_answers_a_blob_a_redirect_or_an_error(filled: ArtifactStore) -> None:
     path = REST_PREFIX + "experiment/asset/get-asset"
     aid = asset_id(filled, "ws1", "data", "2.0.0", "a.bin")
-    blob = call(filled, path, assetId=aid)
+    blob = call(filled, path, {"assetId": aid})
     assert isinstance(blob, BlobResponse) and blob.path.read_bytes() == b"two"
-    redirect = call(filled, path, assetId=aid, allow301="true", redirect=True)
+    redirect = call(filled, path, {"assetId": aid, "allow301": "true"}, redirect=True)
     assert isinstance(redirect, RedirectResponse)
     token = redirect.location.rpartition("/")[2]
     assert redirect.location == f"http://127.0.0.1:9/blob/{token}"
@@ -120,11 +120,11 @@ def test_get_asset_answers_a_blob_a_redirect_or_an_error(filled: ArtifactStore) 
     assert err.value.status == 403
     remote = asset_id(filled, "ws1", "data", "2.0.0", "r.csv")
     with pytest.raises(HttpError) as err:
-        call(filled, path, assetId=remote)
+        call(filled, path, {"assetId": remote})
     assert err.value.status == 400
     hidden = asset_id(filled, "ws2", "other", "1.0.0", "o")
     with pytest.raises(HttpError) as err:
-        call(filled, path, key=ApiKey("ws1-key-123456", frozenset({"ws1"})), assetId=hidden)
+        call(filled, path, {"assetId": hidden}, key=ApiKey("ws1-key-123456", frozenset({"ws1"})))
     assert err.value.status == 404
 
 
