@@ -498,20 +498,7 @@ class ArtifactStore:
         if version in committed:
             raise StoreError(f"{workspace}/{name} already has version {version}")
 
-        records: list[dict[str, Any]] = []
-        for src, ameta in zip(spec.assets, spec.asset_metadata, strict=True):
-            sha, size = self._put_blob(src)
-            records.append({
-                "assetId": uuid.uuid4().hex, "fileName": src.logical_path, "fileSize": size,
-                "remote": False, "link": None, "type": src.asset_type or "asset",
-                "metadata": ameta, "sha256": sha,
-            })
-        for logical, uri in (spec.remotes or {}).items():
-            records.append({
-                "assetId": uuid.uuid4().hex, "fileName": logical, "fileSize": 0,
-                "remote": True, "link": uri, "type": "asset", "metadata": None, "sha256": None,
-            })
-
+        records = self._asset_records(spec)
         key = spec.experiment_key or uuid.uuid4().hex
         version_id = str(uuid.uuid4())
         vrec = {
@@ -528,16 +515,7 @@ class ArtifactStore:
             self._write_json(
                 ws_dir / "workspace.json", {"name": workspace, "workspaceId": uuid.uuid4().hex}
             )
-        exp_file = self.root / "experiments" / f"{key}.json"
-        if not exp_file.exists():
-            self._write_json(exp_file, {
-                "experimentKey": key, "experimentName": f"{name}-{version}",
-                "projectName": PROJECT_NAME,
-                "projectId": hashlib.sha256(workspace.encode()).hexdigest()[:32],
-                "workspaceName": workspace, "archived": False, "durationMillis": 1000,
-                "startTimeMillis": now_ms - 1000, "endTimeMillis": now_ms, "running": False,
-                "fileName": None, "filePath": None, "optimizationId": None, "throttle": False,
-            })
+        self._ensure_experiment(key, workspace, f"{name}-{version}", now_ms)
 
         if art is None:
             art = {
@@ -555,6 +533,36 @@ class ArtifactStore:
         self._bump_generation()
         logger.info("store: added %s/%s %s (%d assets)", workspace, name, version, len(records))
         return version
+
+    def _asset_records(self, spec: VersionSpec) -> list[dict[str, Any]]:
+        """Store the spec's bytes in blobs/ and return the version file's asset records."""
+        records: list[dict[str, Any]] = []
+        for src, ameta in zip(spec.assets, spec.asset_metadata, strict=True):
+            sha, size = self._put_blob(src)
+            records.append({
+                "assetId": uuid.uuid4().hex, "fileName": src.logical_path, "fileSize": size,
+                "remote": False, "link": None, "type": src.asset_type or "asset",
+                "metadata": ameta, "sha256": sha,
+            })
+        for logical, uri in (spec.remotes or {}).items():
+            records.append({
+                "assetId": uuid.uuid4().hex, "fileName": logical, "fileSize": 0,
+                "remote": True, "link": uri, "type": "asset", "metadata": None, "sha256": None,
+            })
+        return records
+
+    def _ensure_experiment(self, key: str, workspace: str, name: str, now_ms: int) -> None:
+        """Write the source experiment's record (E9) unless an earlier version did."""
+        exp_file = self.root / "experiments" / f"{key}.json"
+        if exp_file.exists():
+            return
+        self._write_json(exp_file, {
+            "experimentKey": key, "experimentName": name, "projectName": PROJECT_NAME,
+            "projectId": hashlib.sha256(workspace.encode()).hexdigest()[:32],
+            "workspaceName": workspace, "archived": False, "durationMillis": 1000,
+            "startTimeMillis": now_ms - 1000, "endTimeMillis": now_ms, "running": False,
+            "fileName": None, "filePath": None, "optimizationId": None, "throttle": False,
+        })
 
     def add_directory(
         self,
