@@ -79,7 +79,7 @@ from benchlib import (
     summarize_requests,
     watchdog,
 )
-from cometfs.server import AssetSource, Store
+from cometfs.server import ArtifactStore, AssetSource, VersionSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
@@ -176,14 +176,14 @@ class Bench:
 
     def _build_store(self) -> None:
         t0 = time.perf_counter()
-        store = Store(self.work / "store")
+        store = ArtifactStore(self.work / "store")
         src = self.work / "src"
         src.mkdir()
         rng = random.Random(6)
         sz = self.sz
 
         def add(name: str, sources: list[AssetSource]) -> None:
-            store.add_version(WS, name, sources, version=VERSION)
+            store.add_version(VersionSpec(WS, name, sources, version=VERSION))
 
         def big_file(path: Path, size: int, *, repeat: bool) -> None:
             block = os.urandom(4 * MiB)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from cometfs.server import ApiKey, AssetSource, CometServer, Store
+from cometfs.server import ApiKey, ArtifactStore, AssetSource, CometServer, VersionSpec
 
 KEY = "bench-key"
 CHUNK = 4 << 20
@@ -65,9 +65,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cometfs-bench-") as tmp:
         src = Path(tmp) / "asset.bin"
         make_asset(src, size)
-        store = Store(Path(tmp) / "store")
+        store = ArtifactStore(Path(tmp) / "store")
         t0 = time.perf_counter()
-        store.add_version("bench", "big", [AssetSource("asset.bin", path=src)])
+        store.add_version(VersionSpec("bench", "big", [AssetSource("asset.bin", path=src)]))
         src.unlink()
         print(f"store add: {args.size_mib} MiB in {time.perf_counter() - t0:.2f} s")
         asset_id = store.snapshot().artifacts["bench"]["big"].versions[0].assets[0].asset_id

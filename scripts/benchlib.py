@@ -288,7 +288,7 @@ def serve_main(argv: Sequence[str]) -> int:
     """The server child: serve until SIGTERM or until stdin closes (the parent went away)."""
     import logging
 
-    from cometfs.server import ApiKey, CometServer, Store
+    from cometfs.server import ApiKey, ArtifactStore, CometServer
     from cometfs.server.faults import FaultPlan, parse_faults
 
     ap = argparse.ArgumentParser(prog="benchlib.py serve")
@@ -310,7 +310,7 @@ def serve_main(argv: Sequence[str]) -> int:
         stop.set()
 
     server = CometServer(
-        Store(args.store), api_keys=[ApiKey(os.environ["COMET_API_KEY"], None)],
+        ArtifactStore(args.store), api_keys=[ApiKey(os.environ["COMET_API_KEY"], None)],
         ranges=args.mode != "stream", redirect=args.mode == "redirect",
         request_log_path=args.request_log, request_log_max=100_000,
         faults=parse_faults(f"*=delay:{args.latency}") if args.latency else FaultPlan(),

@@ -1,6 +1,6 @@
 """Shared fixtures: a store, a local Comet-compatible server, and an environment for the SDK.
 
-Fixtures: `store` (empty Store in tmp_path), `api_key` (the test key string),
+Fixtures: `store` (empty ArtifactStore in tmp_path), `api_key` (the test key string),
 `make_server` (factory: `make_server(store=None, **CometServer kwargs)` -> started server,
 closed at teardown), `server` (a default server over `store`), `sdk_env` (COMET_* variables,
 HOME and cwd pointing at temp dirs, for tests that run the real comet_ml SDK).
@@ -19,7 +19,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
-from cometfs.server import ApiKey, CometServer, Store  # noqa: E402
+from cometfs.server import ApiKey, ArtifactStore, CometServer  # noqa: E402
 
 TEST_API_KEY = "test-key-0123456789abcdef"
 
@@ -30,16 +30,16 @@ def api_key() -> str:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "store")
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(tmp_path / "store")
 
 
 @pytest.fixture
-def make_server(store: Store, api_key: str) -> Iterator[Callable[..., CometServer]]:
+def make_server(store: ArtifactStore, api_key: str) -> Iterator[Callable[..., CometServer]]:
     started: list[CometServer] = []
     default_store = store
 
-    def make(store: Store | None = None, **kwargs: Any) -> CometServer:
+    def make(store: ArtifactStore | None = None, **kwargs: Any) -> CometServer:
         kwargs.setdefault("api_keys", [ApiKey(api_key, None)])
         srv = CometServer(store if store is not None else default_store, **kwargs)
         started.append(srv)

@@ -26,7 +26,14 @@ from cometfs.errors import (
     Unauthorized,
 )
 from cometfs.model import Asset
-from cometfs.server import AssetSource, CometServer, FaultRule, Store, parse_faults
+from cometfs.server import (
+    ArtifactStore,
+    AssetSource,
+    CometServer,
+    FaultRule,
+    VersionSpec,
+    parse_faults,
+)
 
 MiB = 1 << 20
 WS = "ml-team"
@@ -57,14 +64,14 @@ def no_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 class World:
     """What the tests put into the store, to compare the client's answers with."""
 
-    store: Store
+    store: ArtifactStore
     images_v1: str
     images_v2: str
 
 
 @pytest.fixture
-def world(store: Store) -> World:
-    v1 = store.add_version(
+def world(store: ArtifactStore) -> World:
+    v1 = store.add_version(VersionSpec(
         WS,
         "images",
         [
@@ -79,8 +86,8 @@ def world(store: Store) -> World:
         description="class folders",
         experiment_key="exp0001",
         created_ms=1_700_000_000_000,
-    )
-    v2 = store.add_version(
+    ))
+    v2 = store.add_version(VersionSpec(
         WS,
         "images",
         [AssetSource("hello.txt", data=b"v2\n")],
@@ -89,10 +96,12 @@ def world(store: Store) -> World:
         tags=["extra"],
         version_tags=["v2"],
         remotes={"remote/r.csv": "https://example.invalid/r.csv"},
-    )
-    store.add_version(WS, "weights", [AssetSource("w.bin", data=bytes(10))], artifact_type="model")
-    store.add_version(WS, ODD_NAME, [AssetSource("a b+c.txt", data=b"odd")], version="0.1.0")
-    store.add_version("other-ws", "solo", [AssetSource("x", data=b"x")])
+    ))
+    store.add_version(VersionSpec(WS, "weights", [AssetSource("w.bin", data=bytes(10))],
+                                  artifact_type="model"))
+    store.add_version(VersionSpec(WS, ODD_NAME, [AssetSource("a b+c.txt", data=b"odd")],
+                                  version="0.1.0"))
+    store.add_version(VersionSpec("other-ws", "solo", [AssetSource("x", data=b"x")]))
     return World(store, v1, v2)
 
 

@@ -23,7 +23,7 @@ from cometfs import errors
 from cometfs.client import CometClient
 from cometfs.client import http as client_http
 from cometfs.errors import ProtocolError, StaleError, TransientError
-from cometfs.server import AssetSource, CometServer, Store
+from cometfs.server import ArtifactStore, AssetSource, CometServer, VersionSpec
 
 KEY = "SECRETKEY-test-0123456789"
 DATA = os.urandom(5000)
@@ -171,9 +171,9 @@ def open_fds() -> int:
 
 
 def test_sockets_stay_flat_over_bursts_of_fresh_threads(
-    store: Store, make_server: Callable[..., CometServer], api_key: str
+    store: ArtifactStore, make_server: Callable[..., CometServer], api_key: str
 ) -> None:
-    store.add_version("ws", "art", [AssetSource("f.bin", data=DATA)], version="1.0.0")
+    store.add_version(VersionSpec("ws", "art", [AssetSource("f.bin", data=DATA)], version="1.0.0"))
     server = make_server()
     client = CometClient(server.url, api_key)
     try:
@@ -431,13 +431,13 @@ def test_streamed_asset_with_a_wrong_etag_is_stale(
 
 
 def test_debug_logs_never_show_a_blob_url(
-    store: Store,
+    store: ArtifactStore,
     make_server: Callable[..., CometServer],
     api_key: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    store.add_version("ws", "art", [AssetSource("f.bin", data=DATA)], version="1.0.0")
+    store.add_version(VersionSpec("ws", "art", [AssetSource("f.bin", data=DATA)], version="1.0.0"))
     server = make_server(ranges=False, redirect=True)
     client = CometClient(server.url, api_key)
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cometfs.server import ApiKey, AssetSource, CometServer, Store
+from cometfs.server import ApiKey, ArtifactStore, AssetSource, CometServer, VersionSpec
 
 if os.environ.get("CI"):  # CI must prove fidelity, never skip it
     import comet_ml
@@ -51,19 +51,19 @@ def _sources(files: dict[str, bytes], meta: dict[str, dict[str, Any]] | None = N
 
 
 @pytest.fixture
-def populated(store: Store) -> Store:
-    store.add_version(WS, NAME, _sources(V1_FILES), version="1.0.0", aliases=["prod"],
+def populated(store: ArtifactStore) -> ArtifactStore:
+    store.add_version(VersionSpec(WS, NAME, _sources(V1_FILES), version="1.0.0", aliases=["prod"],
                       tags=["tagA"], version_tags=["v1tag"], metadata={"n": 1},
-                      experiment_key=EXP1)
-    store.add_version(WS, NAME, _sources(V2_FILES, V2_ASSET_META), **V2_KWARGS)
-    store.add_version(WS, "my data+set", [AssetSource("a b+c.txt", data=b"plus")],
-                      artifact_type="model")
-    store.add_version("other-ws", "hidden", [AssetSource("h", data=b"h")])
+                      experiment_key=EXP1))
+    store.add_version(VersionSpec(WS, NAME, _sources(V2_FILES, V2_ASSET_META), **V2_KWARGS))
+    store.add_version(VersionSpec(WS, "my data+set", [AssetSource("a b+c.txt", data=b"plus")],
+                      artifact_type="model"))
+    store.add_version(VersionSpec("other-ws", "hidden", [AssetSource("h", data=b"h")]))
     return store
 
 
 @pytest.fixture
-def api(populated: Store, sdk_env: CometServer) -> Any:
+def api(populated: ArtifactStore, sdk_env: CometServer) -> Any:
     return comet_ml.API(cache=False)
 
 
@@ -199,7 +199,7 @@ def test_missing_version_and_artifact(api: Any) -> None:
         api.get_artifact_list("no-such-ws")
 
 
-def test_bad_key(populated: Store, sdk_env: CometServer, monkeypatch: pytest.MonkeyPatch
+def test_bad_key(populated: ArtifactStore, sdk_env: CometServer, monkeypatch: pytest.MonkeyPatch
                  ) -> None:
     monkeypatch.setenv("COMET_API_KEY", "not-the-key")
     api = comet_ml.API(cache=False)
@@ -211,7 +211,7 @@ def test_bad_key(populated: Store, sdk_env: CometServer, monkeypatch: pytest.Mon
     assert sdk_env.request_log.count(status=401) == 2
 
 
-def test_scoped_key(populated: Store, make_server: Callable[..., CometServer],
+def test_scoped_key(populated: ArtifactStore, make_server: Callable[..., CometServer],
                     monkeypatch: pytest.MonkeyPatch, sdk_env: CometServer) -> None:
     srv = make_server(api_keys=[ApiKey("scoped-key", frozenset({WS}))])
     monkeypatch.setenv("COMET_API_KEY", "scoped-key")
@@ -225,7 +225,7 @@ def test_scoped_key(populated: Store, make_server: Callable[..., CometServer],
         api.get_artifact_list("other-ws")
 
 
-def test_enhanced_key_and_redirect_server(populated: Store, tmp_path: Path, api_key: str,
+def test_enhanced_key_and_redirect_server(populated: ArtifactStore, tmp_path: Path, api_key: str,
                                           make_server: Callable[..., CometServer],
                                           monkeypatch: pytest.MonkeyPatch,
                                           sdk_env: CometServer) -> None:

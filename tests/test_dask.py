@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cometfs.server import AssetSource, CometServer, Store
+from cometfs.server import ArtifactStore, AssetSource, CometServer, VersionSpec
 
 dd = pytest.importorskip("dask.dataframe")
 db = pytest.importorskip("dask.bag")
@@ -42,11 +42,15 @@ def _registered() -> None:
 
 
 @pytest.fixture
-def world(store: Store, server: CometServer) -> CometServer:
-    store.add_version(WS, "data", [AssetSource(f"part-{i}.parquet", data=_parquet(_frame(i)))
-                                   for i in range(PARTS)], version="1.0.0")
-    store.add_version(WS, "small", [AssetSource(f"n/{i:04d}.txt", data=f"{i}\n{i * 3}\n".encode())
-                                    for i in range(SMALL)], version="1.0.0")
+def world(store: ArtifactStore, server: CometServer) -> CometServer:
+    store.add_version(VersionSpec(
+        WS, "data",
+        [AssetSource(f"part-{i}.parquet", data=_parquet(_frame(i))) for i in range(PARTS)],
+        version="1.0.0"))
+    store.add_version(VersionSpec(
+        WS, "small",
+        [AssetSource(f"n/{i:04d}.txt", data=f"{i}\n{i * 3}\n".encode()) for i in range(SMALL)],
+        version="1.0.0"))
     return server
 
 

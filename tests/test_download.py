@@ -18,7 +18,7 @@ import pytest
 from cometfs.config import Config
 from cometfs.download import PART_SUFFIX, DownloadError, Strategy, download, parse_spec
 from cometfs.engine import Engine
-from cometfs.server import AssetSource, CometServer, Store
+from cometfs.server import ArtifactStore, AssetSource, CometServer, VersionSpec
 
 comet_ml = pytest.importorskip("comet_ml")
 from comet_ml import exceptions as cx  # noqa: E402
@@ -61,10 +61,10 @@ def http_file() -> Iterator[str]:
 
 
 @pytest.fixture
-def world(store: Store, sdk_env: CometServer, http_file: str) -> CometServer:
-    store.add_version(WS, ART, [AssetSource(p, data=b) for p, b in FILES.items()],
+def world(store: ArtifactStore, sdk_env: CometServer, http_file: str) -> CometServer:
+    store.add_version(VersionSpec(WS, ART, [AssetSource(p, data=b) for p, b in FILES.items()],
                       version="1.0.0", aliases=["best"],
-                      remotes={"remote/r.csv": http_file, "remote/s3.bin": "s3://b/k"})
+                      remotes={"remote/r.csv": http_file, "remote/s3.bin": "s3://b/k"}))
     return sdk_env
 
 

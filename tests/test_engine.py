@@ -13,7 +13,7 @@ import pytest
 from cometfs.config import Config
 from cometfs.engine import Engine, EngineClosed, EngineForked, NotAFile
 from cometfs.errors import NotFound
-from cometfs.server import AssetSource, CometServer, Store
+from cometfs.server import ArtifactStore, AssetSource, CometServer, VersionSpec
 
 WS = "ws"
 ART = "data set"
@@ -24,11 +24,11 @@ REMOTE = ("remote/r.csv", "https://example.invalid/r.csv")
 
 
 @pytest.fixture
-def world(store: Store, server: CometServer) -> CometServer:
-    store.add_version(WS, ART, [AssetSource(p, data=b) for p, b in V1.items()],
-                      version="1.0.0", aliases=["prod"], tags=["t1"])
-    store.add_version(WS, ART, [AssetSource(p, data=b) for p, b in V2.items()],
-                      version="2.0.0", remotes=dict([REMOTE]))
+def world(store: ArtifactStore, server: CometServer) -> CometServer:
+    store.add_version(VersionSpec(WS, ART, [AssetSource(p, data=b) for p, b in V1.items()],
+                      version="1.0.0", aliases=["prod"], tags=["t1"]))
+    store.add_version(VersionSpec(WS, ART, [AssetSource(p, data=b) for p, b in V2.items()],
+                      version="2.0.0", remotes=dict([REMOTE])))
     return server
 
 

@@ -17,7 +17,7 @@ import pytest
 import tomllib
 
 from cometfs.filesystem import CometFileSystem
-from cometfs.server import AssetSource, CometServer, Store
+from cometfs.server import ArtifactStore, AssetSource, CometServer, VersionSpec
 
 WS = "ws"
 ART = "table"
@@ -45,10 +45,10 @@ def _registered() -> Iterator[None]:
 
 
 @pytest.fixture
-def world(store: Store, server: CometServer, api_key: str, tmp_path: Path,
+def world(store: ArtifactStore, server: CometServer, api_key: str, tmp_path: Path,
           monkeypatch: pytest.MonkeyPatch) -> CometServer:
-    store.add_version(WS, ART, [AssetSource(p, data=b) for p, b in FILES.items()],
-                      version="1.0.0", aliases=["prod"], remotes=dict([REMOTE]))
+    store.add_version(VersionSpec(WS, ART, [AssetSource(p, data=b) for p, b in FILES.items()],
+                      version="1.0.0", aliases=["prod"], remotes=dict([REMOTE])))
     for var in ("COMET_CONFIG", "COMET_INI", "COMET_WORKSPACE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("COMET_API_KEY", api_key)

@@ -18,11 +18,12 @@ import requests
 
 from cometfs.server import (
     ApiKey,
+    ArtifactStore,
     AssetSource,
     CometServer,
     FaultPlan,
     FaultRule,
-    Store,
+    VersionSpec,
     parse_api_key,
     parse_faults,
 )
@@ -35,7 +36,7 @@ EXP_KEY = "0123456789abcdef0123456789abcdef"
 
 @dataclass
 class World:
-    store: Store
+    store: ArtifactStore
     asset_id: str  # ws1/data 2.0.0 blob.bin
     remote_id: str
     version_id: str
@@ -44,18 +45,19 @@ class World:
 
 
 @pytest.fixture
-def world(store: Store) -> World:
-    store.add_version("ws1", "data", [AssetSource("blob.bin", data=b"old")],
-                      aliases=["prod"], version_tags=["v1"], experiment_key=EXP_KEY)
-    store.add_version(
+def world(store: ArtifactStore) -> World:
+    store.add_version(VersionSpec("ws1", "data", [AssetSource("blob.bin", data=b"old")],
+                      aliases=["prod"], version_tags=["v1"], experiment_key=EXP_KEY))
+    store.add_version(VersionSpec(
         "ws1", "data",
         [AssetSource("blob.bin", data=BLOB), AssetSource("dir/m.txt", data=b"m", metadata={"k": 1}),
          AssetSource("empty", data=b"")],
         aliases=["staging"], tags=["tagA"], version_tags=["v2"], metadata={"n": 2},
         remotes={"r.csv": "https://example.invalid/r.csv"}, description="d",
-    )
-    store.add_version("ws1", "my data+set", [AssetSource("x", data=b"x")], artifact_type="model")
-    store.add_version("ws2", "secret", [AssetSource("s", data=b"top secret")])
+    ))
+    store.add_version(VersionSpec("ws1", "my data+set", [AssetSource("x", data=b"x")],
+                                  artifact_type="model"))
+    store.add_version(VersionSpec("ws2", "secret", [AssetSource("s", data=b"top secret")]))
     snap = store.snapshot()
     ver = snap.artifacts["ws1"]["data"].versions[1]
     by_name = {a.file_name: a for a in ver.assets}
@@ -104,7 +106,7 @@ def test_unknown_paths_and_methods(server: CometServer, api_key: str) -> None:
 
 def test_requires_a_key() -> None:
     with pytest.raises(ValueError, match="at least one API key"):
-        CometServer(Store.__new__(Store), api_keys=[])
+        CometServer(ArtifactStore.__new__(ArtifactStore), api_keys=[])
 
 
 def test_auth(world: World, make_server: Callable[..., CometServer], api_key: str) -> None:
@@ -238,7 +240,8 @@ def test_new_commits_are_visible_to_a_running_server(world: World, server: Comet
     params = {"workspace": "ws1", "artifactName": "data"}
     assert assert_json(get(server, REST + "artifacts/version", api_key,
                            params=params))["artifactVersion"] == "2.0.0"
-    Store(world.store.root).add_version("ws1", "data", [AssetSource("n", data=b"n")])
+    ArtifactStore(world.store.root).add_version(
+        VersionSpec("ws1", "data", [AssetSource("n", data=b"n")]))
     assert assert_json(get(server, REST + "artifacts/version", api_key,
                            params=params))["artifactVersion"] == "3.0.0"
 
@@ -410,10 +413,10 @@ def test_parallel_downloads(world: World, server: CometServer, api_key: str) -> 
         assert body == (BLOB[i * 1000:] if i % 2 else BLOB)
 
 
-def test_a_stalled_download_does_not_block_others(store: Store, server: CometServer,
+def test_a_stalled_download_does_not_block_others(store: ArtifactStore, server: CometServer,
                                                   api_key: str) -> None:
     big = bytes(64 << 20)  # far more than the socket buffers hold
-    store.add_version("ws", "big", [AssetSource("big", data=big)])
+    store.add_version(VersionSpec("ws", "big", [AssetSource("big", data=big)]))
     asset_id = store.snapshot().artifacts["ws"]["big"].versions[0].assets[0].asset_id
     stalled = get(server, REST + "experiment/asset/get-asset", api_key,
                   params=asset_params(asset_id), stream=True)
@@ -637,7 +640,8 @@ def test_serve_forever_in_a_subprocess(tmp_path: Path, api_key: str) -> None:
             proc.kill()
             proc.communicate()
     # The demo persisted in the store directory.
-    assert [v.version for v in Store(root).snapshot().artifacts["demo"]["mnist-mini"].versions
+    snap = ArtifactStore(root).snapshot()
+    assert [v.version for v in snap.artifacts["demo"]["mnist-mini"].versions
             ] == ["1.0.0", "2.0.0"]
 
 
@@ -666,7 +670,7 @@ def test_request_log_is_bounded(world: World, make_server: Callable[..., CometSe
 
 def test_make_server_takes_store_by_keyword(make_server: Callable[..., CometServer],
                                             tmp_path: Path, api_key: str) -> None:
-    other = Store(tmp_path / "other-store")
-    other.add_version("kw", "a", [AssetSource("x", data=b"x")])
+    other = ArtifactStore(tmp_path / "other-store")
+    other.add_version(VersionSpec("kw", "a", [AssetSource("x", data=b"x")]))
     srv = make_server(store=other)
     assert assert_json(get(srv, REST + "workspaces", api_key)) == {"workspaceNames": ["kw"]}

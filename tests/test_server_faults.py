@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 import requests
 
-from cometfs.server import AssetSource, CometServer, FaultRule, Store, parse_faults
+from cometfs.server import (
+    ArtifactStore,
+    AssetSource,
+    CometServer,
+    FaultRule,
+    VersionSpec,
+    parse_faults,
+)
 from cometfs.server.faults import GZIP_BOMB_SIZE
 
 REST = "/api/rest/v2/"
@@ -29,10 +36,10 @@ SMALL = random.Random(8).randbytes(2000)
 
 
 @pytest.fixture
-def ids(store: Store) -> dict[str, str]:
-    store.add_version("ws", "data", [AssetSource("big.bin", data=DATA),
-                                     AssetSource("small.bin", data=SMALL)], aliases=["prod"])
-    store.add_version("ws", "data", [AssetSource("big.bin", data=b"v2")])
+def ids(store: ArtifactStore) -> dict[str, str]:
+    store.add_version(VersionSpec("ws", "data", [AssetSource("big.bin", data=DATA),
+                                     AssetSource("small.bin", data=SMALL)], aliases=["prod"]))
+    store.add_version(VersionSpec("ws", "data", [AssetSource("big.bin", data=b"v2")]))
     ver = store.snapshot().artifacts["ws"]["data"].versions[0]
     by_name = {a.file_name: a.asset_id for a in ver.assets}
     return {"big": by_name["big.bin"], "small": by_name["small.bin"], "vid": ver.version_id}
@@ -251,7 +258,7 @@ def test_latency_is_added_before_every_answer(ids: dict[str, str],
     assert time.monotonic() - t0 < 0.2
     session.close()
     with pytest.raises(ValueError, match="latency"):
-        CometServer(Store.__new__(Store), api_keys=[api_key], latency=-1)
+        CometServer(ArtifactStore.__new__(ArtifactStore), api_keys=[api_key], latency=-1)
 
 
 # ---- server-side mutations ----------------------------------------------------------------
@@ -273,7 +280,7 @@ def test_revoke_and_add_a_key(ids: dict[str, str], server: CometServer, api_key:
 
 
 def test_delete_version(ids: dict[str, str], server: CometServer, api_key: str,
-                        store: Store) -> None:
+                        store: ArtifactStore) -> None:
     params = {"workspace": "ws", "artifactName": "data", "version": "1.0.0"}
     assert get(server, REST + "artifacts/version", api_key, params=params).status_code == 200
     store.delete_version("ws", "data", "1.0.0")
@@ -295,7 +302,7 @@ def test_delete_version(ids: dict[str, str], server: CometServer, api_key: str,
 
 
 def test_replace_asset_bytes_keeps_id_and_size(ids: dict[str, str], server: CometServer,
-                                               api_key: str, store: Store) -> None:
+                                               api_key: str, store: ArtifactStore) -> None:
     params = {"assetId": ids["small"]}
     before = get(server, ASSET, api_key, params=params)
     new = bytes(b ^ 0xFF for b in SMALL)
@@ -311,7 +318,7 @@ def test_replace_asset_bytes_keeps_id_and_size(ids: dict[str, str], server: Come
 
 
 def test_move_alias_and_set_metadata(ids: dict[str, str], server: CometServer, api_key: str,
-                                     store: Store) -> None:
+                                     store: ArtifactStore) -> None:
     def version_of(alias: str) -> dict[str, Any]:
         return dict(get(server, REST + "artifacts/version", api_key,
                         params={"workspace": "ws", "artifactName": "data", "alias": alias}
@@ -324,7 +331,7 @@ def test_move_alias_and_set_metadata(ids: dict[str, str], server: CometServer, a
     assert json.loads(version_of("prod")["metadata"]) == {"epoch": 3}
 
 
-def test_mutations_are_safe_from_many_threads(ids: dict[str, str], store: Store) -> None:
+def test_mutations_are_safe_from_many_threads(ids: dict[str, str], store: ArtifactStore) -> None:
     errors: list[BaseException] = []
 
     def work(i: int) -> None:

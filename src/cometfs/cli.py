@@ -352,7 +352,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _store_add(args: argparse.Namespace) -> None:
-    from cometfs.server import Store
+    from cometfs.server import ArtifactStore, VersionSpec
 
     workspace, slash, name = args.artifact.partition("/")
     if not slash or not workspace or not name:
@@ -371,11 +371,13 @@ def _store_add(args: argparse.Namespace) -> None:
         remotes[logical] = uri
     if args.outside_symlinks and not args.follow_symlinks:
         raise CometFSError("--outside-symlinks needs --follow-symlinks")
-    version = Store(args.store or _default_store()).add_directory(
-        workspace, name, args.source,
+    spec = VersionSpec(
+        workspace, name, version=args.version, artifact_type=args.type, aliases=args.alias,
+        tags=args.tag, version_tags=args.version_tag, metadata=metadata, remotes=remotes,
+    )
+    version = ArtifactStore(args.store or _default_store()).add_directory(
+        spec, args.source,
         follow_symlinks=args.follow_symlinks, outside_symlinks=args.outside_symlinks,
-        version=args.version, artifact_type=args.type, aliases=args.alias, tags=args.tag,
-        version_tags=args.version_tag, metadata=metadata, remotes=remotes,
     )
     print(f"added {workspace}/{name}:{version}")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cometfs.server import ApiKey, AssetSource, CometServer, Store
+from cometfs.server import ApiKey, ArtifactStore, AssetSource, CometServer, VersionSpec
 
 KEY = "test-key-0123456789abcdef"
 WS = "team-ws"
@@ -50,7 +50,7 @@ class Dataset:
     big_sha256: str
 
 
-def build(store: Store, tmp: Path) -> Dataset:
+def build(store: ArtifactStore, tmp: Path) -> Dataset:
     """Fill `store` with two versions of WS/ART; return the bytes each version holds."""
     rng = random.Random(1234)
     big = rng.randbytes(BIG_SIZE)
@@ -73,16 +73,16 @@ def build(store: Store, tmp: Path) -> Dataset:
     def sources(files: dict[str, bytes]) -> list[AssetSource]:
         return [AssetSource(path, data=data) for path, data in files.items()]
 
-    store.add_version(
+    store.add_version(VersionSpec(
         WS, ART, [*sources(v1), AssetSource("big.bin", path=big_file)], version="1.0.0",
         aliases=["production"], tags=["vision", "demo"], version_tags=["first"],
         metadata={"epochs": 3, "source": "unit"}, remotes=dict([REMOTE]),
-    )
-    store.add_version(
+    ))
+    store.add_version(VersionSpec(
         WS, ART, [*sources(v2), AssetSource("big.bin", path=big_file)], version="2.0.0",
         aliases=["staging"], version_tags=["second", "candidate"],
         metadata={"epochs": 5}, remotes=dict([REMOTE]),
-    )
+    ))
     big_file.unlink()
     v1["big.bin"] = v2["big.bin"] = big
     return Dataset(v1, v2, hashlib.sha256(big).hexdigest())
@@ -90,7 +90,7 @@ def build(store: Store, tmp: Path) -> Dataset:
 
 def start_world(root: Path, **server_options: object) -> tuple[CometServer, Dataset]:
     """A store built by `build` under `root` and a started server over it (caller closes)."""
-    store = Store(root / "store")
+    store = ArtifactStore(root / "store")
     dataset = build(store, root)
     server = CometServer(store, api_keys=[ApiKey(KEY, None)], **server_options)  # type: ignore[arg-type]
     server.start()

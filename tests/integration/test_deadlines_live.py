@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cometfs.server import AssetSource, Store, parse_faults
+from cometfs.server import ArtifactStore, AssetSource, VersionSpec, parse_faults
 
 from .conftest import CLI, _wait_unmounted
 from .test_live import mount_pid, wait_for
@@ -22,9 +22,9 @@ pytestmark = pytest.mark.fuse
 WS = "slow-ws"
 
 
-def add(store: Store, name: str, files: dict[str, bytes]) -> None:
-    store.add_version(WS, name, [AssetSource(p, data=d) for p, d in files.items()],
-                      version="1.0.0")
+def add(store: ArtifactStore, name: str, files: dict[str, bytes]) -> None:
+    store.add_version(VersionSpec(WS, name, [AssetSource(p, data=d) for p, d in files.items()],
+                      version="1.0.0"))
 
 
 def start_and_kill(argv: list[str], *, after: float = 1.0) -> float:

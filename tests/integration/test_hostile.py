@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cometfs.server import CometServer, Store
+from cometfs.server import ArtifactStore, CometServer, VersionSpec
 
 from .conftest import Mount
 
@@ -37,13 +37,13 @@ def hostile_links(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def hostile(tmp_path: Path, store: Store, make_server: object) -> CometServer:
+def hostile(tmp_path: Path, store: ArtifactStore, make_server: object) -> CometServer:
     (tmp_path / "canary.txt").write_bytes(CANARY)
     source = tmp_path / "src"
     (source / "train" / "cat").mkdir(parents=True)
     (source / "train" / "cat" / "1.jpg").write_bytes(b"a real image\n")
-    store.add_directory("team", "cats", source, version="1.0.0",
-                        remotes=hostile_links(tmp_path))
+    spec = VersionSpec("team", "cats", version="1.0.0", remotes=hostile_links(tmp_path))
+    store.add_directory(spec, source)
     return make_server()  # type: ignore[operator, no-any-return]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cometfs.server import ApiKey, AssetSource, Store, parse_faults
+from cometfs.server import ApiKey, ArtifactStore, AssetSource, VersionSpec, parse_faults
 
 from .conftest import CLI, Mount, _wait_unmounted
 
@@ -32,10 +32,10 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def add(store: Store, name: str, files: dict[str, bytes], **kwargs: object) -> str:
-    return store.add_version(
+def add(store: ArtifactStore, name: str, files: dict[str, bytes], **kwargs: object) -> str:
+    return store.add_version(VersionSpec(
         WS, name, [AssetSource(p, data=d) for p, d in files.items()], **kwargs  # type: ignore[arg-type]
-    )
+    ))
 
 
 def mount_pid(mount: Mount) -> int:
@@ -95,10 +95,10 @@ def test_hostile_asset_paths_are_mapped_inside_the_version(store, make_server, m
         ".comet/evil.json": b"5", "x" * 300: b"6", "file": b"7", "file/inner.txt": b"8",
         "ok/normal.txt": b"9",
     }
-    version = store.add_version(
+    version = store.add_version(VersionSpec(
         WS, "hostile", [AssetSource(p, data=d) for p, d in hostile.items()]
         + [AssetSource("dup.txt", data=b"4bis")], version="1.0.0",
-    )
+    ))
     server = make_server(store=store)
     mount = mount_factory(server)
     root = mount.path / WS / "hostile" / version
@@ -119,7 +119,8 @@ def test_hostile_asset_paths_are_mapped_inside_the_version(store, make_server, m
 
 def test_key_sees_only_its_workspaces(store, make_server, mount_factory):
     add(store, "mine", {"m.txt": b"m"}, version="1.0.0")
-    store.add_version("other-ws", "secret", [AssetSource("s.txt", data=b"s")], version="1.0.0")
+    store.add_version(VersionSpec("other-ws", "secret", [AssetSource("s.txt", data=b"s")],
+                                  version="1.0.0"))
     server = make_server(store=store, api_keys=[ApiKey("scoped-key-123456", frozenset({WS}))])
     mount = mount_factory(server, key="scoped-key-123456")
     assert sorted(os.listdir(mount.path)) == [".comet", WS]
@@ -217,7 +218,7 @@ def test_cli_store_add_then_mount(tmp_path, make_server, mount_factory, api_key)
          "--version", "1.2"], capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode != 0 and "1.2" in bad.stderr
-    server = make_server(store=Store(store_dir))
+    server = make_server(store=ArtifactStore(store_dir))
     mount = mount_factory(server)
     artifact = mount.path / WS / "cli-art"
     assert (artifact / "prod" / "sub" / "x.txt").read_text() == "x"

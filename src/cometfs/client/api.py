@@ -42,14 +42,15 @@ from cometfs.client.http import (
 )
 from cometfs.errors import ProtocolError, RangeNotSupported, StaleError, TransientError
 from cometfs.model import Artifact, ArtifactVersion, Asset
+from cometfs.wire import IS_ALIVE_PATH, REST_PATHS, REST_PREFIX, Endpoint
 
 log = logging.getLogger(__name__)
 
 ByteMode = Literal["unknown", "redirect", "range", "stream"]
 
-# Endpoints are named as in the spec, except these two (named as in the local server's log).
-ASSET = "get-asset"  # experiment/asset/get-asset
-BLOB = "blob"  # a redirect target of get-asset, counted apart from the API endpoints
+# Endpoint names (shared with the local server, see cometfs.wire); these two are used often.
+ASSET = Endpoint.GET_ASSET  # experiment/asset/get-asset
+BLOB = Endpoint.BLOB  # a redirect target of get-asset, counted apart from the API endpoints
 # Signed blob URLs expire; reuse one only briefly, then ask get-asset again.
 BLOB_URL_TTL = 300.0
 # Answers that mean "this blob URL no longer works", not "this asset does not exist".
@@ -81,7 +82,7 @@ class CometClient:
         per host are kept open for reuse (at least the number of calling threads)."""
         self._root = server_url.rstrip("/")
         self._timeout = timeout
-        self._rest = self._root + "/api/rest/v2/"
+        self._rest = self._root + REST_PREFIX
         self._http = Http(
             api_key,
             connect_timeout=connect_timeout,
@@ -119,23 +120,23 @@ class CometClient:
 
     def server_version(self) -> str:
         """E1: the backend version."""
-        endpoint = "isAlive"
-        body = self._get_json(endpoint, endpoint, url=self._root + "/clientlib/isAlive/ver")
+        endpoint = Endpoint.IS_ALIVE
+        body = self._get_json(endpoint, endpoint, url=self._root + IS_ALIVE_PATH)
         return parse.parse_server_version(body, endpoint)
 
     def account_details(self) -> dict[str, Any]:
         """E2: the key owner's account (userName, defaultWorkspaceName)."""
-        endpoint = "account-details"
+        endpoint = Endpoint.ACCOUNT_DETAILS
         return parse.parse_account_details(self._get_json(endpoint, endpoint), endpoint)
 
     def workspaces(self) -> list[str]:
         """E3: the workspaces this key can see."""
-        endpoint = "workspaces"
+        endpoint = Endpoint.WORKSPACES
         return parse.parse_workspaces(self._get_json(endpoint, endpoint), endpoint)
 
     def artifacts(self, workspace: str, artifact_type: str | None = None) -> list[Artifact]:
         """E4: a workspace's artifacts (without versions), optionally of one type only."""
-        endpoint = "artifacts/get-all"
+        endpoint = Endpoint.ARTIFACT_LIST
         what = f"{endpoint} for workspace {workspace!r}"
         params = {"workspace": workspace}
         if artifact_type is not None:
@@ -144,7 +145,7 @@ class CometClient:
 
     def artifact(self, workspace: str, name: str) -> Artifact:
         """E5: one artifact with all its versions."""
-        endpoint = "artifacts/get"
+        endpoint = Endpoint.ARTIFACT
         what = f"{endpoint} for {workspace}/{name}"
         params = {"workspace": workspace, "artifactName": _artifact_name(name)}
         return parse.parse_artifact_details(self._get_json(endpoint, what, params), workspace, what)
@@ -154,7 +155,7 @@ class CometClient:
     ) -> ArtifactVersion:
         """E6: one version by version string or alias; neither means alias "latest", as the SDK
         does. When both are given the version wins and the alias is not sent (as the SDK)."""
-        endpoint = "artifacts/version"
+        endpoint = Endpoint.VERSION
         params = {"workspace": workspace, "artifactName": _artifact_name(name)}
         if version is not None:
             params["version"] = version
@@ -165,14 +166,14 @@ class CometClient:
 
     def assets(self, workspace: str, name: str, version: str) -> list[Asset]:
         """E7: every file of one version."""
-        endpoint = "artifacts/version/files"
+        endpoint = Endpoint.VERSION_FILES
         what = f"{endpoint} for {workspace}/{name}:{version}"
         params = {"workspace": workspace, "artifactName": _artifact_name(name), "version": version}
         return parse.parse_assets(self._get_json(endpoint, what, params), what)
 
     def experiment_metadata(self, experiment_key: str) -> dict[str, Any]:
         """E9: the metadata of an experiment (the one that created a version)."""
-        endpoint = "experiment/metadata"
+        endpoint = Endpoint.EXPERIMENT_METADATA
         what = f"{endpoint} for experiment {experiment_key}"
         body = self._get_json(endpoint, what, {"experimentKey": experiment_key})
         return parse.parse_experiment_metadata(body, what)
@@ -341,7 +342,7 @@ class CometClient:
             "experimentKey": "",  # as API.get_artifact sends it; the server looks up by ids
             "artifactVersionId": version_id,
         }
-        url = self._rest + "experiment/asset/get-asset"
+        url = self._rest + REST_PATHS[ASSET]
         response = self._http.get(ASSET, url, what, deadline, params=params, headers=headers)
         location = response.headers.get("Location")
         if response.status not in _REDIRECTS or not location:

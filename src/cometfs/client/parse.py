@@ -27,6 +27,7 @@ from typing import Any
 
 from cometfs.errors import ProtocolError
 from cometfs.model import Artifact, ArtifactVersion, Asset
+from cometfs.wire import Endpoint, Field
 
 log = logging.getLogger(__name__)
 
@@ -35,72 +36,74 @@ MAX_SIZE = 1 << 63
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
-def parse_server_version(body: Any, where: str = "isAlive") -> str:
+def parse_server_version(body: Any, where: str = Endpoint.IS_ALIVE) -> str:
     """E1: the backend version string (not necessarily strict semver, so not checked)."""
-    return _str(_object(body, where), "version", where)
+    return _str(_object(body, where), Field.VERSION, where)
 
 
-def parse_account_details(body: Any, where: str = "account-details") -> dict[str, Any]:
+def parse_account_details(body: Any, where: str = Endpoint.ACCOUNT_DETAILS) -> dict[str, Any]:
     """E2: the whole object; only `userName` and `defaultWorkspaceName` are documented."""
     return dict(_object(body, where))
 
 
-def parse_workspaces(body: Any, where: str = "workspaces") -> list[str]:
+def parse_workspaces(body: Any, where: str = Endpoint.WORKSPACES) -> list[str]:
     """E3: the workspace names."""
-    return list(_str_list(_object(body, where), "workspaceNames", where))
+    return list(_str_list(_object(body, where), Field.WORKSPACE_NAMES, where))
 
 
 def parse_artifact_list(
-    body: Any, workspace: str, where: str = "artifacts/get-all"
+    body: Any, workspace: str, where: str = Endpoint.ARTIFACT_LIST
 ) -> list[Artifact]:
     """E4: the workspace's artifacts, without versions."""
-    items = _object_list(_object(body, where), "artifacts", where)
+    items = _object_list(_object(body, where), Field.ARTIFACTS, where)
     return [_artifact(item, workspace, f"{where} artifacts[{i}]") for i, item in enumerate(items)]
 
 
-def parse_artifact_details(body: Any, workspace: str, where: str = "artifacts/get") -> Artifact:
+def parse_artifact_details(body: Any, workspace: str, where: str = Endpoint.ARTIFACT) -> Artifact:
     """E5: one artifact with every version; each version carries the artifact's type and tags."""
     obj = _object(body, where)
     artifact = _artifact(obj, workspace, where)
     versions = tuple(
         _listed_version(item, artifact, f"{where} versions[{i}]")
-        for i, item in enumerate(_object_list(obj, "versions", where))
+        for i, item in enumerate(_object_list(obj, Field.VERSIONS, where))
     )
     return dataclasses.replace(artifact, versions=versions)
 
 
-def parse_artifact_version(body: Any, where: str = "artifacts/version") -> ArtifactVersion:
+def parse_artifact_version(body: Any, where: str = Endpoint.VERSION) -> ArtifactVersion:
     """E6: one version with every LoggedArtifact property."""
     obj = _object(body, where)
-    parent = _object(obj.get("artifact"), f"{where} artifact")
-    version = _str(obj, "artifactVersion", where)
+    parent = _object(obj.get(Field.ARTIFACT), f"{where} artifact")
+    version = _str(obj, Field.ARTIFACT_VERSION, where)
     return ArtifactVersion(
-        version_id=_str(obj, "artifactVersionId", where),
-        artifact_id=_str(parent, "artifactId", f"{where} artifact"),
-        workspace=_str(parent, "workspaceName", f"{where} artifact"),
-        name=_str(parent, "artifactName", f"{where} artifact"),
-        artifact_type=_str(parent, "artifactType", f"{where} artifact"),
+        version_id=_str(obj, Field.VERSION_ID, where),
+        artifact_id=_str(parent, Field.ARTIFACT_ID, f"{where} artifact"),
+        workspace=_str(parent, Field.WORKSPACE_NAME, f"{where} artifact"),
+        name=_str(parent, Field.ARTIFACT_NAME, f"{where} artifact"),
+        artifact_type=_str(parent, Field.ARTIFACT_TYPE, f"{where} artifact"),
         version=version,
-        aliases=_str_list(obj, "alias", where),
-        artifact_tags=_str_list(parent, "tags", f"{where} artifact"),
-        version_tags=_str_list(obj, "tags", where),
-        size=_int(obj, "sizeInBytes", where),
-        source_experiment_key=_opt_str(obj, "experimentKey", where, required=True),
-        metadata=parse_metadata(obj.get("metadata"), f"{where} version {version}") or {},
-        created_ms=_opt_int(obj, "added", where),
-        state=_opt_str(obj, "state", where),
-        owner=_opt_str(obj, "owner", where),
+        aliases=_str_list(obj, Field.ALIAS, where),
+        artifact_tags=_str_list(parent, Field.TAGS, f"{where} artifact"),
+        version_tags=_str_list(obj, Field.TAGS, where),
+        size=_int(obj, Field.SIZE, where),
+        source_experiment_key=_opt_str(obj, Field.EXPERIMENT_KEY, where, required=True),
+        metadata=parse_metadata(obj.get(Field.METADATA), f"{where} version {version}") or {},
+        created_ms=_opt_int(obj, Field.ADDED, where),
+        state=_opt_str(obj, Field.STATE, where),
+        owner=_opt_str(obj, Field.OWNER, where),
     )
 
 
-def parse_assets(body: Any, where: str = "artifacts/version/files") -> list[Asset]:
+def parse_assets(body: Any, where: str = Endpoint.VERSION_FILES) -> list[Asset]:
     """E7: every file of a version, remote ones included; unusable entries come back with
     `problem` set (see the module docstring)."""
-    items = _object_list(_object(body, where), "files", where)
+    items = _object_list(_object(body, where), Field.FILES, where)
     return [_asset_or_problem(item, f"{where} files[{i}]") for i, item in enumerate(items)]
 
 
-def parse_experiment_metadata(body: Any, where: str = "experiment/metadata") -> dict[str, Any]:
+def parse_experiment_metadata(
+    body: Any, where: str = Endpoint.EXPERIMENT_METADATA
+) -> dict[str, Any]:
     """E9: the whole object; the SDK reads every field with .get, so none is required."""
     return dict(_object(body, where))
 
@@ -134,8 +137,8 @@ def parse_error_body(text: str) -> tuple[str | None, int | None]:
         return None, None
     if not isinstance(body, dict):
         return None, None
-    msg = body.get("msg")
-    code = body.get("sdk_error_code")
+    msg = body.get(Field.MSG)
+    code = body.get(Field.SDK_ERROR_CODE)
     return (
         msg if isinstance(msg, str) else None,
         code if isinstance(code, int) and not isinstance(code, bool) else None,
@@ -155,39 +158,39 @@ def parse_content_range(value: str | None, where: str) -> tuple[int, int, int | 
 
 
 def _artifact(obj: Mapping[str, Any], workspace: str, where: str) -> Artifact:
-    latest = _opt_str(obj, "latestVersion", where)
+    latest = _opt_str(obj, Field.LATEST_VERSION, where)
     return Artifact(
-        artifact_id=_str(obj, "artifactId", where),
+        artifact_id=_str(obj, Field.ARTIFACT_ID, where),
         workspace=workspace,
-        name=_str(obj, "name", where),
-        artifact_type=_str(obj, "type", where),
-        description=_opt_str(obj, "description", where),
-        tags=_str_list(obj, "tags", where),
+        name=_str(obj, Field.NAME, where),
+        artifact_type=_str(obj, Field.TYPE, where),
+        description=_opt_str(obj, Field.DESCRIPTION, where),
+        tags=_str_list(obj, Field.TAGS, where),
         latest_version=latest,
-        is_public=_bool(obj, "isPublic", where, default=False),
-        size=_int(obj, "sizeInBytes", where),
+        is_public=_bool(obj, Field.IS_PUBLIC, where, default=False),
+        size=_int(obj, Field.SIZE, where),
     )
 
 
 def _listed_version(obj: Mapping[str, Any], artifact: Artifact, where: str) -> ArtifactVersion:
-    version = _str(obj, "version", where)
+    version = _str(obj, Field.VERSION, where)
     return ArtifactVersion(
-        version_id=_str(obj, "artifactVersionId", where),
+        version_id=_str(obj, Field.VERSION_ID, where),
         artifact_id=artifact.artifact_id,
         workspace=artifact.workspace,
         name=artifact.name,
         artifact_type=artifact.artifact_type,
         version=version,
-        aliases=_str_list(obj, "alias", where),
+        aliases=_str_list(obj, Field.ALIAS, where),
         artifact_tags=artifact.tags,
-        version_tags=_str_list(obj, "tags", where),
-        size=_int(obj, "sizeInBytes", where),
+        version_tags=_str_list(obj, Field.TAGS, where),
+        size=_int(obj, Field.SIZE, where),
         # artifacts/get does not normally carry it; artifacts/version always does.
-        source_experiment_key=_opt_str(obj, "experimentKey", where),
-        metadata=parse_metadata(obj.get("metadata"), f"{where} version {version}") or {},
-        created_ms=_opt_int(obj, "added", where),
-        state=_opt_str(obj, "state", where),
-        owner=_opt_str(obj, "owner", where),
+        source_experiment_key=_opt_str(obj, Field.EXPERIMENT_KEY, where),
+        metadata=parse_metadata(obj.get(Field.METADATA), f"{where} version {version}") or {},
+        created_ms=_opt_int(obj, Field.ADDED, where),
+        state=_opt_str(obj, Field.STATE, where),
+        owner=_opt_str(obj, Field.OWNER, where),
     )
 
 
@@ -195,8 +198,8 @@ def _asset_or_problem(obj: Mapping[str, Any], where: str) -> Asset:
     try:
         return _asset(obj, where)
     except ProtocolError as exc:
-        asset_id, path = obj.get("assetId"), obj.get("fileName")
-        version_id = obj.get("artifactVersionId")
+        asset_id, path = obj.get(Field.ASSET_ID), obj.get(Field.FILE_NAME)
+        version_id = obj.get(Field.VERSION_ID)
         if not isinstance(asset_id, str) or not isinstance(path, str):
             raise
         log.warning("%s: skipping asset %s (%r): %s", where, asset_id, path, exc)
@@ -213,18 +216,18 @@ def _asset_or_problem(obj: Mapping[str, Any], where: str) -> Asset:
 
 
 def _asset(obj: Mapping[str, Any], where: str) -> Asset:
-    link = _opt_str(obj, "link", where, required=True)
-    path = _str(obj, "fileName", where)
+    link = _opt_str(obj, Field.LINK, where, required=True)
+    path = _str(obj, Field.FILE_NAME, where)
     return Asset(
-        asset_id=_str(obj, "assetId", where),
-        artifact_version_id=_str(obj, "artifactVersionId", where),
+        asset_id=_str(obj, Field.ASSET_ID, where),
+        artifact_version_id=_str(obj, Field.VERSION_ID, where),
         logical_path=path,
-        size=_size(obj, "fileSize", where),
+        size=_size(obj, Field.FILE_SIZE, where),
         # The SDK falls back to `link is not None` when `remote` is missing.
-        remote=_bool(obj, "remote", where, default=link is not None),
+        remote=_bool(obj, Field.REMOTE, where, default=link is not None),
         link=link,
-        asset_type=_str(obj, "type", where),
-        metadata=parse_metadata(_required(obj, "metadata", where), f"{where} {path!r}"),
+        asset_type=_str(obj, Field.TYPE, where),
+        metadata=parse_metadata(_required(obj, Field.METADATA, where), f"{where} {path!r}"),
     )
 
 

@@ -20,7 +20,7 @@ from cometfs.server.app import CometServer
 from cometfs.server.auth import ApiKey, load_api_key_file, parse_api_key
 from cometfs.server.demo import seed_demo
 from cometfs.server.faults import FaultPlan, FaultRule, parse_faults
-from cometfs.server.store import AssetSource, Store
+from cometfs.server.store import ArtifactStore, AssetSource, VersionSpec
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +30,13 @@ __all__ = [
     "CometServer",
     "FaultPlan",
     "FaultRule",
-    "Store",
+    "ArtifactStore",
     "load_api_key_file",
     "parse_api_key",
     "parse_faults",
     "seed_demo",
     "serve_forever",
+    "VersionSpec",
 ]
 
 
@@ -64,7 +65,7 @@ def serve_forever(
 
     A port in use raises CometFSError with one line saying what to do.
     """
-    store = Store(store_root)
+    store = ArtifactStore(store_root)
     if demo:
         seed_demo(store)
     if not _is_loopback(host):

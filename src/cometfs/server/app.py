@@ -1,9 +1,12 @@
-"""The local Comet-compatible HTTP server: routing, auth, byte serving, redirects, faults.
+"""The local Comet-compatible HTTP server: the plumbing around the endpoints.
 
 `CometServer` wraps a stdlib `ThreadingHTTPServer`. Its accept loop runs on one background
 thread (started by `start()`); every connection gets its own daemon handler thread, so
-parallel downloads are served in parallel. Handlers read the store through
-`Store.snapshot()`, which picks up commits made by other processes on the next request.
+parallel downloads are served in parallel. The handler parses the request, applies latency
+and faults, checks the key, calls the endpoint that endpoints.py's route table names, writes
+its answer (JSON, a redirect, or blob bytes with Range and sendfile) and keeps the request
+log. Endpoints read the store through `ArtifactStore.snapshot()`, which picks up commits made
+by other processes on the next request.
 
 Choices for behaviour the real backend does not document ([INFERRED] in the spec):
 
@@ -46,27 +49,31 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from cometfs.server import render
+from cometfs.server import endpoints, render
 from cometfs.server.auth import ApiKey, parse_api_key
 from cometfs.server.bomb import gzip_bomb
+from cometfs.server.endpoints import (
+    SDK_BAD_KEY,
+    HttpError,
+    JsonResponse,
+    RedirectResponse,
+    Request,
+    Response,
+)
 from cometfs.server.faults import STALL_MAX, FaultPlan, FaultRule
 from cometfs.server.reqlog import RequestLog
-from cometfs.server.store import OWNER, ArtifactRec, Snapshot, Store, VersionRec
+from cometfs.server.store import ArtifactStore
+from cometfs.wire import Endpoint, Field
 
 logger = logging.getLogger(__name__)
 
-BACKEND_VERSION = "3.40.0"
-REST_PREFIX = "/api/rest/v2/"
-SDK_NO_VERSION = 624523
-SDK_NO_WORKSPACE = 90219
-SDK_BAD_KEY = 90212
 SDK_NOT_FINAL = 90402
 HUGE_SIZE = 2**64
 JSON_TYPE = "application/json"
@@ -75,36 +82,6 @@ REDIRECT_TTL = 3600.0
 _IDLE_TIMEOUT = 300.0
 _BLOB_TOKEN_RE = re.compile(r"^([0-9a-f]{64})\.(\d+)\.([0-9a-f]{64})$")
 _RANGE_RE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
-
-# Path below /api/rest/v2/ -> endpoint name used in the request log and in fault rules.
-REST_ENDPOINTS = {
-    "account-details": "account-details",
-    "workspaces": "workspaces",
-    "artifacts/get-all": "artifacts/get-all",
-    "artifacts/get": "artifacts/get",
-    "artifacts/version": "artifacts/version",
-    "artifacts/version/files": "artifacts/version/files",
-    "experiment/asset/get-asset": "get-asset",
-    "experiment/metadata": "experiment/metadata",
-}
-
-
-class HttpError(Exception):
-    """Raised by endpoint code; becomes a JSON error answer."""
-
-    def __init__(
-        self,
-        status: int,
-        msg: str,
-        sdk_error_code: int | None = None,
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        super().__init__(msg)
-        self.status = status
-        self.msg = msg
-        self.sdk_error_code = sdk_error_code
-        self.headers = list(headers)
-
 
 _UNSATISFIABLE = (-1, -1)
 
@@ -136,10 +113,6 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
         return _UNSATISFIABLE
     last = min(int(last_s), size - 1) if last_s else size - 1
     return first, last
-
-
-def _truthy(value: str | None) -> bool:
-    return value is not None and value.strip().lower() in ("true", "1", "yes")
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -252,7 +225,8 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         path = split.path
         params = {k: v[0] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
-        endpoint, handler = self._route(path)
+        route = endpoints.route(path)
+        endpoint = route.name
         self._head = head
         self._fault: FaultRule | None = None
         self._bytes = 0
@@ -274,7 +248,17 @@ class _Handler(BaseHTTPRequestHandler):
             if not method_allowed:
                 raise HttpError(405, f"method {self.command} not allowed: the server is read-only",
                                 headers=[("Allow", "GET, HEAD")])
-            handler(params)
+            key = None
+            if route.needs_key:
+                key = app.authenticate(self.headers.get("Authorization"))
+                if key is None:
+                    raise HttpError(401, "Invalid or missing API key", SDK_BAD_KEY)
+            request = Request(
+                path=path, params=params, store=app.store, signer=app, key=key,
+                host=self.headers.get("Host") or app.url.split("://", 1)[1],
+                ranges=app.ranges, redirect=app.redirect,
+            )
+            self._respond(endpoint, route.endpoint(request))
         except HttpError as exc:
             self._send_json(exc.status, render.error_body(exc.msg, exc.status, exc.sdk_error_code),
                             exc.headers)
@@ -401,135 +385,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._fault = rule
         return False
 
-    def _route(self, path: str) -> tuple[str, Callable[[dict[str, str]], None]]:
-        if path == "/clientlib/isAlive/ver":
-            return "isAlive", self._is_alive
-        if path.startswith("/blob/"):
-            return "blob", self._blob
-        if path.startswith(REST_PREFIX):
-            name = REST_ENDPOINTS.get(path[len(REST_PREFIX):])
-            if name is not None:
-                return name, self._authed(getattr(self, "_e_" + name.replace("/", "_")
-                                                  .replace("-", "_")))
-            return "unknown", self._authed(self._unknown)
-        return "unknown", self._unknown
-
-    def _authed(
-        self, fn: Callable[[dict[str, str], ApiKey, Snapshot], None]
-    ) -> Callable[[dict[str, str]], None]:
-        def run(params: dict[str, str]) -> None:
-            key = self.server.app.authenticate(self.headers.get("Authorization"))
-            if key is None:
-                raise HttpError(401, "Invalid or missing API key", SDK_BAD_KEY)
-            fn(params, key, self.server.app.store.snapshot())
-
-        return run
-
-    def _unknown(self, params: Any, *_: Any) -> None:
-        raise HttpError(404, f"no such endpoint: {self._entry['path']}")
-
-    # ---- endpoints ---------------------------------------------------------------------
-
-    def _is_alive(self, params: dict[str, str]) -> None:
-        self._send_json(200, {"version": BACKEND_VERSION})
-
-    def _e_account_details(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
-        self._send_json(200, {"userName": OWNER,
-                              "defaultWorkspaceName": _default_workspace(key, snap)})
-
-    def _e_workspaces(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
-        self._send_json(200, {"workspaceNames": _visible_workspaces(key, snap)})
-
-    def _e_artifacts_get_all(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
-        ws = params.get("workspace")
-        if not ws:
-            raise HttpError(400, "workspace is required")
-        if ws not in _visible_workspaces(key, snap):
-            raise HttpError(404, "Workspace not found", SDK_NO_WORKSPACE)
-        wanted = params.get("type")
-        arts = sorted(snap.artifacts.get(ws, {}).values(), key=lambda a: a.name)
-        self._send_json(200, {"artifacts": [
-            render.artifact_summary(a) for a in arts if not wanted or a.artifact_type == wanted
-        ]})
-
-    def _e_artifacts_get(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
-        art = _find_artifact(key, snap, params.get("artifact_id"), params.get("workspace"),
-                             params.get("artifactName"))
-        self._send_json(200, render.artifact_details(art))
-
-    def _e_artifacts_version(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
-        ws = params.get("workspace")
-        if not ws and params.get("experimentKey"):
-            exp = snap.experiments.get(params["experimentKey"])
-            ws = exp["workspaceName"] if exp else None
-        art = _find_artifact(key, snap, params.get("artifactId"), ws or None,
-                             params.get("artifactName"), default_ws=True)
-        ver: VersionRec | None
-        if params.get("versionId"):
-            ver = next((v for v in art.versions if v.version_id == params["versionId"]), None)
-        elif params.get("version"):
-            ver = art.find_version(params["version"])
-        elif params.get("alias"):
-            ver = art.find_alias(params["alias"])
-        elif params.get("versionOrAlias"):
-            voa = params["versionOrAlias"]
-            ver = art.find_version(voa) or art.find_alias(voa)
+    def _respond(self, endpoint: str, response: Response) -> None:
+        if isinstance(response, JsonResponse):
+            body = response.body
+            if (self._fault_kind() == "huge-size" and endpoint == Endpoint.VERSION_FILES
+                    and body[Field.FILES]):
+                body[Field.FILES][0][Field.FILE_SIZE] = HUGE_SIZE
+            self._send_json(response.status, body, response.headers)
+        elif isinstance(response, RedirectResponse):
+            self._begin(302, [("Location", response.location), ("Content-Length", "0")])
         else:
-            ver = art.latest
-        if ver is None:
-            raise HttpError(400, "No artifact version found", SDK_NO_VERSION)
-        self._send_json(200, render.version_details(art, ver))
-
-    def _e_artifacts_version_files(
-        self, params: dict[str, str], key: ApiKey, snap: Snapshot
-    ) -> None:
-        art = _find_artifact(key, snap, params.get("artifact_id"), params.get("workspace"),
-                             params.get("artifactName"))
-        if params.get("version"):
-            ver = art.find_version(params["version"])
-        elif params.get("alias"):
-            ver = art.find_alias(params["alias"])
-        else:
-            ver = art.latest
-        if ver is None:
-            raise HttpError(400, "No artifact version found", SDK_NO_VERSION)
-        body = render.version_files(art, ver)
-        if self._fault_kind() == "huge-size" and body["files"]:
-            body["files"][0]["fileSize"] = HUGE_SIZE
-        self._send_json(200, body)
-
-    def _e_experiment_metadata(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
-        exp = snap.experiments.get(params.get("experimentKey") or "")
-        if exp is None or not key.sees(str(exp.get("workspaceName"))):
-            raise HttpError(404, "Experiment not found")
-        self._send_json(200, dict(exp))
-
-    def _e_get_asset(self, params: dict[str, str], key: ApiKey, snap: Snapshot) -> None:
-        found = snap.by_asset_id.get(params.get("assetId") or "")
-        if found is None or not key.sees(found[0].workspace):
-            raise HttpError(404, "Asset not found")
-        art, ver, asset = found
-        wanted_vid = params.get("artifactVersionId")
-        if wanted_vid and wanted_vid != ver.version_id:
-            raise HttpError(404, "Asset not found in that artifact version")
-        if asset.remote or asset.sha256 is None:
-            raise HttpError(400, f"Asset {asset.file_name!r} is a remote asset; "
-                                 f"fetch it from its link")
-        app = self.server.app
-        if app.redirect and _truthy(params.get("allow301")):
-            token = app.blob_token(asset.sha256)
-            host = self.headers.get("Host") or app.url.split("://", 1)[1]
-            location = f"http://{host}/blob/{token}"
-            self._begin(302, [("Location", location), ("Content-Length", "0")])
-            return
-        self._send_blob(snap.blob_path(asset.sha256), asset.sha256, app.ranges)
-
-    def _blob(self, params: dict[str, str]) -> None:
-        app = self.server.app
-        sha = app.check_blob_token(self._entry["path"][len("/blob/"):])
-        if sha is None:
-            raise HttpError(403, "invalid or expired blob token")
-        self._send_blob(app.store.snapshot().blob_path(sha), sha, ranges=True)
+            self._send_blob(response.path, response.sha256, response.ranges)
 
     # ---- bytes -------------------------------------------------------------------------
 
@@ -579,48 +445,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._after_body()
 
 
-def _visible_workspaces(key: ApiKey, snap: Snapshot) -> list[str]:
-    if key.workspaces is None:
-        return snap.workspaces()
-    return sorted(key.workspaces)
-
-
-def _default_workspace(key: ApiKey, snap: Snapshot) -> str | None:
-    visible = _visible_workspaces(key, snap)
-    return visible[0] if visible else None
-
-
-def _find_artifact(
-    key: ApiKey,
-    snap: Snapshot,
-    artifact_id: str | None,
-    workspace: str | None,
-    quoted_name: str | None,
-    *,
-    default_ws: bool = False,
-) -> ArtifactRec:
-    """Resolve an artifact by id or by (workspace, name); 400/624523 when not visible."""
-    art: ArtifactRec | None = None
-    if artifact_id:
-        art = snap.by_artifact_id.get(artifact_id)
-        if art is not None and workspace and art.workspace != workspace:
-            art = None
-    elif quoted_name:
-        # The SDK (>= 3.56) quotes the name itself before requests encodes it again.
-        name = unquote(quoted_name)
-        if not workspace and default_ws:
-            workspace = _default_workspace(key, snap)
-        if workspace:
-            art = snap.artifact(workspace, name)
-    else:
-        raise HttpError(400, "artifactName (with workspace) or an artifact id is required")
-    if art is None or not key.sees(art.workspace):
-        raise HttpError(400, "Artifact not found", SDK_NO_VERSION)
-    return art
-
-
 class CometServer:
-    """A Comet-compatible REST server over a `Store`, on a background thread.
+    """A Comet-compatible REST server over a `ArtifactStore`, on a background thread.
 
     `request_log` records every request (the newest `request_log_max` in memory; all of
     them in `request_log_path` when given); `faults` can be changed while it runs.
@@ -629,7 +455,7 @@ class CometServer:
 
     def __init__(
         self,
-        store: Store,
+        store: ArtifactStore,
         *,
         host: str = "127.0.0.1",
         port: int = 0,

@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from cometfs.server.store import AssetSource, Store
+from cometfs.server.store import ArtifactStore, AssetSource, VersionSpec
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ A synthetic, Titanic-shaped passenger table for the cometfs demo.
 """
 
 
-def seed_demo(store: Store) -> None:
+def seed_demo(store: ArtifactStore) -> None:
     """Add the demo artifacts to `store`, skipping versions that are already there."""
     snap = store.snapshot()
 
@@ -206,9 +206,9 @@ def seed_demo(store: Store) -> None:
     for day, (name, version, kwargs, make_assets) in enumerate(plans):
         if have(name, version):
             continue
-        store.add_version(
+        store.add_version(VersionSpec(
             WORKSPACE, name, make_assets(), version=version,
             experiment_key=_exp_key(name, version), created_ms=_BASE_MS + day * _DAY_MS,
             **kwargs,
-        )
+        ))
     logger.info("demo: workspace %r is seeded", WORKSPACE)

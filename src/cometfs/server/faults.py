@@ -4,7 +4,7 @@ A `FaultPlan` holds `FaultRule`s. For every request the HTTP handler thread asks
 (`FaultPlan.pick`) what to do; the plan is thread-safe and can be changed while the server
 runs (`server.faults.add(rule)`, `server.faults.clear()`).
 
-Each rule matches an endpoint name (see `ENDPOINTS`, or `*` for all) and does one of:
+Each rule matches an endpoint name (see `cometfs.wire.ENDPOINTS`, or `*` for all) and does one of:
 
     status    answer with that HTTP status and a JSON error body; `retry_after` (seconds)
               adds a Retry-After header (429 gets 1 s by default); `retry_date` sends it as
@@ -56,20 +56,8 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# Endpoint names as used in fault rules and in the request log.
-ENDPOINTS = frozenset({
-    "isAlive",
-    "account-details",
-    "workspaces",
-    "artifacts/get-all",
-    "artifacts/get",
-    "artifacts/version",
-    "artifacts/version/files",
-    "get-asset",
-    "experiment/metadata",
-    "blob",
-    "unknown",
-})
+from cometfs.wire import ENDPOINTS
+
 KINDS = ("status", "delay", "truncate", "reset", "reset-mid", "trickle", "stall", "norange",
          "gzip-bomb", "huge-size", "not-final")
 # Kinds that take no argument in the spec; `short` is parsed as `truncate`.

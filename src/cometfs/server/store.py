@@ -1,7 +1,8 @@
 """The local server's store: artifact versions and their bytes in one directory on disk.
 
-Writers (`cometfs store add`, `seed_demo`, tests) call `Store.add_version` and friends; the
-HTTP app reads through `Store.snapshot()`. Both may live in different processes at once.
+Writers (`cometfs store add`, `seed_demo`, tests) call `ArtifactStore.add_version` with a
+validated `VersionSpec`, and friends; the HTTP endpoints read through
+`ArtifactStore.snapshot()`. Both may live in different processes at once.
 
 Layout under the root (every JSON file is written to a temporary name and renamed):
 
@@ -41,6 +42,7 @@ any thread or process while a server reads): `move_alias`, `remove_alias`,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -98,6 +100,75 @@ class AssetSource:
 
 
 @dataclass(frozen=True)
+class VersionSpec:
+    """Everything `ArtifactStore.add_version` needs to add one version, checked in one place.
+
+    Construction validates (StoreError naming the bad field) and normalises: label lists
+    become duplicate-free tuples, metadata a detached JSON object, remotes a dict of
+    logical path -> link. `asset_metadata` holds each asset's checked metadata, in order.
+    Without `version` the store picks one (see add_version); `created_ms` defaults to now.
+    """
+
+    workspace: str
+    name: str
+    assets: Sequence[AssetSource] = ()
+    version: str | None = None
+    artifact_type: str = "dataset"
+    aliases: Sequence[str] = ()
+    tags: Sequence[str] = ()
+    version_tags: Sequence[str] = ()
+    metadata: Mapping[str, Any] | None = None
+    remotes: Mapping[str, str] | None = None
+    description: str | None = None
+    experiment_key: str | None = None
+    created_ms: int | None = None
+    asset_metadata: tuple[dict[str, Any] | None, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        _check_name("workspace", self.workspace)
+        _check_name("artifact", self.name)
+        if self.version is not None:
+            _check_version(self.version)
+        if not isinstance(self.artifact_type, str) or not self.artifact_type:
+            raise StoreError(
+                f"artifact type must be a non-empty string, got {self.artifact_type!r}")
+        aliases = _check_aliases(self.aliases)
+        tags = _check_labels("tags", self.tags)
+        version_tags = _check_labels("version tags", self.version_tags)
+        metadata = _check_metadata("version", self.metadata)
+        remotes = dict(self.remotes or {})
+        for logical, uri in remotes.items():
+            if not isinstance(logical, str) or not logical:
+                raise StoreError(f"remote asset logical path must be non-empty, got {logical!r}")
+            if not isinstance(uri, str) or not uri:
+                raise StoreError(f"remote asset {logical!r}: link must be a non-empty string")
+        assets = tuple(self.assets)
+        for src in assets:
+            if not isinstance(src, AssetSource):
+                raise StoreError(f"assets must be AssetSource objects, got {type(src).__name__}")
+            if not isinstance(src.logical_path, str) or not src.logical_path:
+                raise StoreError("asset logical path must be a non-empty string")
+        if self.experiment_key is not None and not _EXPERIMENT_KEY_RE.match(self.experiment_key):
+            raise StoreError(f"experiment key must be 1-128 characters of [A-Za-z0-9_-], "
+                             f"got {self.experiment_key!r}")
+        # Frozen: normalised values go in through object.__setattr__, once, here.
+        normalised = {
+            "assets": assets,
+            "aliases": aliases,
+            "tags": tags,
+            "version_tags": version_tags,
+            "metadata": metadata,
+            "remotes": remotes,
+            "asset_metadata": tuple(
+                None if src.metadata is None else _check_metadata(src.logical_path, src.metadata)
+                for src in assets
+            ),
+        }
+        for key, value in normalised.items():
+            object.__setattr__(self, key, value)
+
+
+@dataclass(frozen=True)
 class AssetRec:
     """One stored asset of a version."""
 
@@ -139,7 +210,6 @@ class ArtifactRec:
     artifact_type: str
     description: str | None
     tags: tuple[str, ...]
-    created_ms: int
     versions: tuple[VersionRec, ...]
 
     @property
@@ -167,11 +237,9 @@ class Snapshot:
     """An immutable view of the whole store at one generation."""
 
     root: Path
-    workspace_ids: Mapping[str, str]
     artifacts: Mapping[str, Mapping[str, ArtifactRec]]
     experiments: Mapping[str, Mapping[str, Any]]
     by_artifact_id: Mapping[str, ArtifactRec] = field(default_factory=dict)
-    by_version_id: Mapping[str, tuple[ArtifactRec, VersionRec]] = field(default_factory=dict)
     by_asset_id: Mapping[str, tuple[ArtifactRec, VersionRec, AssetRec]] = field(
         default_factory=dict
     )
@@ -263,7 +331,7 @@ def _read_json(path: Path) -> Any:
         return json.load(f)
 
 
-class Store:
+class ArtifactStore:
     """A store directory. Cheap to construct; several instances may share one root."""
 
     def __init__(self, root: Path) -> None:
@@ -400,91 +468,23 @@ class Store:
                 raise StoreError(f"asset {logical!r}: reading {path} failed: {exc}") from None
             return size
 
-    def add_version(
-        self,
-        workspace: str,
-        name: str,
-        assets: Sequence[AssetSource],
-        *,
-        version: str | None = None,
-        artifact_type: str = "dataset",
-        aliases: Sequence[str] = (),
-        tags: Sequence[str] = (),
-        version_tags: Sequence[str] = (),
-        metadata: Mapping[str, Any] | None = None,
-        remotes: Mapping[str, str] | None = None,
-        description: str | None = None,
-        experiment_key: str | None = None,
-        created_ms: int | None = None,
-    ) -> str:
+    def add_version(self, spec: VersionSpec) -> str:
         """Add one version atomically and return its version string.
 
-        Without `version`, a new artifact gets 1.0.0 and an existing one the next major
-        version after its highest. Aliases given here move off older versions. `tags` are
+        Without `spec.version`, a new artifact gets 1.0.0 and an existing one the next major
+        version after its highest. Aliases given here move off older versions. `spec.tags` are
         merged into the artifact's tags; type and description are set by the first version
         (a later non-None description replaces it).
         """
-        _check_name("workspace", workspace)
-        _check_name("artifact", name)
-        if version is not None:
-            _check_version(version)
-        if not isinstance(artifact_type, str) or not artifact_type:
-            raise StoreError(f"artifact type must be a non-empty string, got {artifact_type!r}")
-        alias_list = _check_aliases(aliases)
-        tag_list = _check_labels("tags", tags)
-        vtag_list = _check_labels("version tags", version_tags)
-        meta = _check_metadata("version", metadata)
-        remote_items = list((remotes or {}).items())
-        for logical, uri in remote_items:
-            if not isinstance(logical, str) or not logical:
-                raise StoreError(f"remote asset logical path must be non-empty, got {logical!r}")
-            if not isinstance(uri, str) or not uri:
-                raise StoreError(f"remote asset {logical!r}: link must be a non-empty string")
-        sources = list(assets)
-        asset_metas: list[dict[str, Any] | None] = []
-        for src in sources:
-            if not isinstance(src, AssetSource):
-                raise StoreError(f"assets must be AssetSource objects, got {type(src).__name__}")
-            if not isinstance(src.logical_path, str) or not src.logical_path:
-                raise StoreError("asset logical path must be a non-empty string")
-            asset_metas.append(
-                None if src.metadata is None else _check_metadata(src.logical_path, src.metadata)
-            )
-        if experiment_key is not None and not _EXPERIMENT_KEY_RE.match(experiment_key):
-            raise StoreError(
-                f"experiment key must be 1-128 characters of [A-Za-z0-9_-], got {experiment_key!r}"
-            )
-        now_ms = int(time.time() * 1000) if created_ms is None else int(created_ms)
-
+        now_ms = int(time.time() * 1000) if spec.created_ms is None else int(spec.created_ms)
         try:
             with self._write_lock():
-                return self._add_version_locked(
-                    workspace, name, sources, asset_metas, remote_items,
-                    version=version, artifact_type=artifact_type, aliases=alias_list,
-                    tags=tag_list, version_tags=vtag_list, metadata=meta,
-                    description=description, experiment_key=experiment_key, now_ms=now_ms,
-                )
+                return self._add_version_locked(spec, now_ms)
         except OSError as exc:
-            raise StoreError(f"adding {workspace}/{name} failed: {exc}") from None
+            raise StoreError(f"adding {spec.workspace}/{spec.name} failed: {exc}") from None
 
-    def _add_version_locked(
-        self,
-        workspace: str,
-        name: str,
-        sources: list[AssetSource],
-        asset_metas: list[dict[str, Any] | None],
-        remote_items: list[tuple[str, str]],
-        *,
-        version: str | None,
-        artifact_type: str,
-        aliases: tuple[str, ...],
-        tags: tuple[str, ...],
-        version_tags: tuple[str, ...],
-        metadata: dict[str, Any],
-        description: str | None,
-        experiment_key: str | None,
-        now_ms: int,
-    ) -> str:
+    def _add_version_locked(self, spec: VersionSpec, now_ms: int) -> str:
+        workspace, name, version = spec.workspace, spec.name, spec.version
         art_dir = self._artifact_dir(workspace, name)
         art_file = art_dir / "artifact.json"
         art: dict[str, Any] | None = _read_json(art_file) if art_file.exists() else None
@@ -498,26 +498,14 @@ class Store:
         if version in committed:
             raise StoreError(f"{workspace}/{name} already has version {version}")
 
-        records: list[dict[str, Any]] = []
-        for src, ameta in zip(sources, asset_metas, strict=True):
-            sha, size = self._put_blob(src)
-            records.append({
-                "assetId": uuid.uuid4().hex, "fileName": src.logical_path, "fileSize": size,
-                "remote": False, "link": None, "type": src.asset_type or "asset",
-                "metadata": ameta, "sha256": sha,
-            })
-        for logical, uri in remote_items:
-            records.append({
-                "assetId": uuid.uuid4().hex, "fileName": logical, "fileSize": 0,
-                "remote": True, "link": uri, "type": "asset", "metadata": None, "sha256": None,
-            })
-
-        key = experiment_key or uuid.uuid4().hex
+        records = self._asset_records(spec)
+        key = spec.experiment_key or uuid.uuid4().hex
         version_id = str(uuid.uuid4())
         vrec = {
-            "artifactVersionId": version_id, "version": version, "tags": list(version_tags),
-            "metadata": metadata, "added": now_ms, "experimentKey": key, "owner": OWNER,
-            "state": "CLOSED", "assets": records,
+            "artifactVersionId": version_id, "version": version,
+            "tags": list(spec.version_tags), "metadata": dict(spec.metadata or {}),
+            "added": now_ms, "experimentKey": key, "owner": OWNER, "state": "CLOSED",
+            "assets": records,
         }
         (art_dir / "versions").mkdir(parents=True, exist_ok=True)
         self._write_json(art_dir / "versions" / f"{version}.json", vrec)
@@ -527,45 +515,65 @@ class Store:
             self._write_json(
                 ws_dir / "workspace.json", {"name": workspace, "workspaceId": uuid.uuid4().hex}
             )
-        exp_file = self.root / "experiments" / f"{key}.json"
-        if not exp_file.exists():
-            self._write_json(exp_file, {
-                "experimentKey": key, "experimentName": f"{name}-{version}",
-                "projectName": PROJECT_NAME,
-                "projectId": hashlib.sha256(workspace.encode()).hexdigest()[:32],
-                "workspaceName": workspace, "archived": False, "durationMillis": 1000,
-                "startTimeMillis": now_ms - 1000, "endTimeMillis": now_ms, "running": False,
-                "fileName": None, "filePath": None, "optimizationId": None, "throttle": False,
-            })
+        self._ensure_experiment(key, workspace, f"{name}-{version}", now_ms)
 
         if art is None:
             art = {
                 "artifactId": str(uuid.uuid4()), "workspace": workspace, "name": name,
-                "type": artifact_type, "description": description, "tags": [],
+                "type": spec.artifact_type, "description": spec.description, "tags": [],
                 "created": now_ms, "versions": [], "aliases": {},
             }
-        elif description is not None:
-            art["description"] = description
-        art["tags"] = list(dict.fromkeys([*art["tags"], *tags]))
+        elif spec.description is not None:
+            art["description"] = spec.description
+        art["tags"] = list(dict.fromkeys([*art["tags"], *spec.tags]))
         art["versions"] = [*committed, version]
-        for alias in aliases:
+        for alias in spec.aliases:
             art["aliases"][alias] = version
         self._write_json(art_file, art)  # the commit point
         self._bump_generation()
         logger.info("store: added %s/%s %s (%d assets)", workspace, name, version, len(records))
         return version
 
+    def _asset_records(self, spec: VersionSpec) -> list[dict[str, Any]]:
+        """Store the spec's bytes in blobs/ and return the version file's asset records."""
+        records: list[dict[str, Any]] = []
+        for src, ameta in zip(spec.assets, spec.asset_metadata, strict=True):
+            sha, size = self._put_blob(src)
+            records.append({
+                "assetId": uuid.uuid4().hex, "fileName": src.logical_path, "fileSize": size,
+                "remote": False, "link": None, "type": src.asset_type or "asset",
+                "metadata": ameta, "sha256": sha,
+            })
+        for logical, uri in (spec.remotes or {}).items():
+            records.append({
+                "assetId": uuid.uuid4().hex, "fileName": logical, "fileSize": 0,
+                "remote": True, "link": uri, "type": "asset", "metadata": None, "sha256": None,
+            })
+        return records
+
+    def _ensure_experiment(self, key: str, workspace: str, name: str, now_ms: int) -> None:
+        """Write the source experiment's record (E9) unless an earlier version did."""
+        exp_file = self.root / "experiments" / f"{key}.json"
+        if exp_file.exists():
+            return
+        self._write_json(exp_file, {
+            "experimentKey": key, "experimentName": name, "projectName": PROJECT_NAME,
+            "projectId": hashlib.sha256(workspace.encode()).hexdigest()[:32],
+            "workspaceName": workspace, "archived": False, "durationMillis": 1000,
+            "startTimeMillis": now_ms - 1000, "endTimeMillis": now_ms, "running": False,
+            "fileName": None, "filePath": None, "optimizationId": None, "throttle": False,
+        })
+
     def add_directory(
         self,
-        workspace: str,
-        name: str,
+        spec: VersionSpec,
         source_dir: Path,
         *,
         follow_symlinks: bool = False,
         outside_symlinks: bool = False,
-        **kwargs: Any,
     ) -> str:
-        """Add every regular file under `source_dir` (sorted, posix relative paths).
+        """Add every regular file under `source_dir` (sorted, posix relative paths) as the
+        assets of `spec` (which must list none itself) and return the version string.
 
         A symbolic link anywhere in the tree is refused (nothing is added, the error names
         the link) unless `follow_symlinks`: then a link to a file adds the target's bytes under
@@ -573,6 +581,9 @@ class Store:
         resolves outside `source_dir` is refused unless `outside_symlinks` is also set, so
         only an explicit second opt-in can pull in files like /etc/passwd.
         """
+        if spec.assets:
+            raise StoreError("add_directory takes its assets from the directory; "
+                             "the spec must list none")
         source_dir = Path(source_dir)
         if not source_dir.is_dir():
             raise StoreError(f"source directory {source_dir} does not exist or is not a directory")
@@ -581,7 +592,7 @@ class Store:
         self._collect(source_dir, "", root, (root,), sources,
                       follow=follow_symlinks, outside=outside_symlinks)
         sources.sort(key=lambda s: s.logical_path)
-        return self.add_version(workspace, name, sources, **kwargs)
+        return self.add_version(dataclasses.replace(spec, assets=sources))
 
     @classmethod
     def _collect(
@@ -768,10 +779,8 @@ class Store:
             return None
 
     def _load(self) -> Snapshot:
-        workspace_ids: dict[str, str] = {}
         artifacts: dict[str, dict[str, ArtifactRec]] = {}
         by_artifact_id: dict[str, ArtifactRec] = {}
-        by_version_id: dict[str, tuple[ArtifactRec, VersionRec]] = {}
         by_asset_id: dict[str, tuple[ArtifactRec, VersionRec, AssetRec]] = {}
         ws_root = self.root / "workspaces"
         for ws_dir in sorted(ws_root.iterdir()):
@@ -789,12 +798,10 @@ class Store:
                 arts[rec.name] = rec
                 by_artifact_id[rec.artifact_id] = rec
                 for v in rec.versions:
-                    by_version_id[v.version_id] = (rec, v)
                     for a in v.assets:
                         by_asset_id[a.asset_id] = (rec, v, a)
             if arts:
                 artifacts[ws_name] = arts
-                workspace_ids[ws_name] = ws_info["workspaceId"]
         experiments: dict[str, Mapping[str, Any]] = {}
         for exp_file in (self.root / "experiments").glob("*.json"):
             try:
@@ -804,9 +811,9 @@ class Store:
                 continue
             experiments[exp["experimentKey"]] = exp
         return Snapshot(
-            root=self.root, workspace_ids=workspace_ids, artifacts=artifacts,
+            root=self.root, artifacts=artifacts,
             experiments=experiments, by_artifact_id=by_artifact_id,
-            by_version_id=by_version_id, by_asset_id=by_asset_id,
+            by_asset_id=by_asset_id,
         )
 
     def _load_artifact(self, art_dir: Path, ws_name: str, ws_id: str) -> ArtifactRec | None:
@@ -844,7 +851,7 @@ class Store:
         return ArtifactRec(
             artifact_id=art["artifactId"], workspace=ws_name, workspace_id=ws_id,
             name=art["name"], artifact_type=art["type"], description=art["description"],
-            tags=tuple(art["tags"]), created_ms=art["created"], versions=tuple(versions),
+            tags=tuple(art["tags"]), versions=tuple(versions),
         )
 
 
