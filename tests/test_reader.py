@@ -351,6 +351,24 @@ def test_parallel_fetches_are_bounded() -> None:
     run(scenario)
 
 
+def test_by_default_small_files_are_fetched_far_more_than_eight_at_once() -> None:
+    # Readers of 24 small files each wait one round trip; a default cap of 8 made a
+    # DataLoader over a 25 ms WAN wait three round trips instead of one.
+    source = FakeSource()
+    keys = [source.add(AssetKey("v", f"small{n}", 10_000)) for n in range(24)]
+
+    async def scenario() -> None:
+        source.fetch_gate = trio.Event()
+        async with AssetReader(source, None) as reader, trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(read_at, reader, key, 0, 1000)
+            await trio.testing.wait_all_tasks_blocked()
+            assert source.active == len(keys)
+            source.fetch_gate.set()
+
+    run(scenario)
+
+
 # -- single flight and errors ---------------------------------------------------------------------
 
 

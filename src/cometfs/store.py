@@ -41,6 +41,9 @@ T = TypeVar("T")
 
 ERROR_TTL = 2.0
 CACHE_ENTRIES = 4096
+# Threads for range reads (the reader's default parallel fetches match it); the client's
+# connection pool keeps at least this many plus the metadata and stream threads.
+FETCH_THREADS = 32
 # Chunks (1 MiB each) a stream may have received ahead of the reader; part of the reader's
 # per-stream allowance in its memory budget.
 _STREAM_CHUNKS_QUEUED = 2
@@ -140,6 +143,7 @@ class Store:
         *,
         metadata_ttl: float = 30.0,
         max_threads: int = 8,
+        fetch_threads: int = FETCH_THREADS,
         clock: Callable[[], float] = time.monotonic,
         error_ttl: float = ERROR_TTL,
     ) -> None:
@@ -149,8 +153,10 @@ class Store:
         self._clock = clock
         self._limiter = trio.CapacityLimiter(max_threads)
         # Bytes have their own limiters: range reads and whole-asset streams hold threads for
-        # as long as a download takes, and a listing must never queue behind them.
-        self._fetch_limiter = trio.CapacityLimiter(max_threads)
+        # as long as a download takes, and a listing must never queue behind them. Range
+        # reads get more threads than listings: a walk over small files is bound by the
+        # request round trip (25 ms over a WAN), not by bandwidth, so it needs many in flight.
+        self._fetch_limiter = trio.CapacityLimiter(fetch_threads)
         self._stream_limiter = trio.CapacityLimiter(max(1, max_threads // 2))
         # Values stay past their TTL (evicted only by size) so an outage can serve them stale.
         self._mutable: LRUCache[Hashable, _Entry] = LRUCache(maxsize=CACHE_ENTRIES)

@@ -74,7 +74,7 @@ class CometClient:
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
-        pool_size: int = 16,
+        pool_size: int = 48,
     ) -> None:
         """`timeout` is each call's total deadline in seconds, retries included (for
         stream(): the first request, then each chunk); `pool_size` is how many connections

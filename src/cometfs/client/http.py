@@ -117,7 +117,7 @@ class Http:
         sleep: Callable[[float], None],
         jitter: Callable[[], float],
         clock: Callable[[], float] = time.monotonic,
-        pool_size: int = 16,
+        pool_size: int = 48,
     ) -> None:
         self._api_key = api_key
         self._connect_timeout = connect_timeout

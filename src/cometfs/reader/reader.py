@@ -199,7 +199,7 @@ class AssetReader:
         memory_budget: int = 128 << 20,
         min_readahead: int = 1 << 20,
         max_readahead: int = 32 << 20,
-        max_parallel_fetches: int = 8,
+        max_parallel_fetches: int = 32,
         random_span: int = 32 << 10,
     ) -> None:
         if block_size < 1 or max_parallel_fetches < 1 or random_span < 1:
