@@ -134,16 +134,16 @@ class _Guarded:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         guard, entry = self._guard, self._entry
         guard._active.discard(entry)
-        swallowed = bool(entry.scope.__exit__(exc_type, exc, tb))
+        swallowed = entry.scope.__exit__(exc_type, exc, tb)
         if exc_type is not None and not swallowed:
-            return False  # the body's own error goes on unchanged
+            return  # the body's own error goes on unchanged
+        # The scope swallows only its own cancellation, which is one of these two.
         if entry.abandoned:
             guard.abandoned += 1
             raise Abandoned(f"process {self._pid} is gone or being killed")
         if entry.scope.cancelled_caught:
             guard.timed_out += 1
             raise DeadlineExceeded(f"no answer within {guard.deadline:g}s")
-        return True

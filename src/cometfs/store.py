@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 from cachetools import LRUCache
 
+from cometfs.client.buffers import Buffer
 from cometfs.errors import (
     ApiError,
     NotFound,
@@ -63,7 +64,7 @@ class RestClient(Protocol):
     def read_range(
         self, asset_id: str, version_id: str, start: int, end: int, *,
         expected_size: int | None = None,
-    ) -> bytes | bytearray: ...
+    ) -> bytes | Buffer: ...
     def stream(
         self, asset_id: str, version_id: str, *, chunk_size: int = ...,
         expected_size: int | None = None,
@@ -267,7 +268,7 @@ class Store:
 
     # -- bytes: the reader's ByteSource -----------------------------------------------------
 
-    async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes | bytearray:
+    async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes | Buffer:
         return await trio.to_thread.run_sync(
             lambda: self._client.read_range(
                 key.asset_id, key.version_id, start, end, expected_size=key.size
