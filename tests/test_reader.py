@@ -338,7 +338,10 @@ def test_parallel_fetches_are_bounded() -> None:
 
     async def scenario() -> None:
         source.fetch_gate = trio.Event()
-        reader = AssetReader(source, None, max_parallel_fetches=2)
+        # No readahead: the read at offset 0 would add a fetch of its own.
+        reader = AssetReader(
+            source, None, max_parallel_fetches=2, min_readahead=0, max_readahead=0
+        )
         async with reader, trio.open_nursery() as nursery:
             for n in range(6):
                 nursery.start_soon(read_at, reader, key, n * 10 * MIB, 1000)
@@ -347,6 +350,54 @@ def test_parallel_fetches_are_bounded() -> None:
             source.fetch_gate.set()
         assert source.max_active == 2
         assert len(source.range_calls) == 6
+
+    run(scenario)
+
+
+def test_a_first_read_does_not_wait_for_the_readahead_behind_it() -> None:
+    # Time to first byte: the read's own block is fetched on its own, not in one run with
+    # the window the read starts, so a slow readahead fetch does not hold the answer back.
+    class SlowAhead(FakeSource):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ahead_gate = trio.Event()
+
+        async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes:
+            if start > 0:
+                await self.ahead_gate.wait()
+            return await super().fetch_range(key, start, end)
+
+    source = SlowAhead()
+    key = source.add(AssetKey("v", "ttfb", 8 * MIB))
+
+    async def scenario() -> None:
+        async with AssetReader(source, None) as reader:
+            handle = reader.open(key)
+            with trio.fail_after(5):
+                assert await reader.read(handle, 0, 4 * KIB) == pattern(0, 4 * KIB)
+            assert [(s, e) for _, s, e in source.range_calls] == [(0, MIB)]
+            source.ahead_gate.set()
+            await reader.wait_idle()
+        # The readahead still came, right behind the first block.
+        assert sorted(s for _, s, _ in source.range_calls)[:2] == [0, MIB]
+
+    run(scenario)
+
+
+def test_by_default_small_files_are_fetched_far_more_than_eight_at_once() -> None:
+    # Readers of 24 small files each wait one round trip; a default cap of 8 made a
+    # DataLoader over a 25 ms WAN wait three round trips instead of one.
+    source = FakeSource()
+    keys = [source.add(AssetKey("v", f"small{n}", 10_000)) for n in range(24)]
+
+    async def scenario() -> None:
+        source.fetch_gate = trio.Event()
+        async with AssetReader(source, None) as reader, trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(read_at, reader, key, 0, 1000)
+            await trio.testing.wait_all_tasks_blocked()
+            assert source.active == len(keys)
+            source.fetch_gate.set()
 
     run(scenario)
 
@@ -428,7 +479,10 @@ def test_source_errors_propagate_unchanged_and_the_next_read_retries(error: Exce
     source.fail_calls[1] = error
 
     async def scenario() -> None:
-        async with AssetReader(source, None, block_size=16 * KIB) as reader:
+        # No readahead: a prefetch is a load of its own and could take the failing call.
+        async with AssetReader(
+            source, None, block_size=16 * KIB, min_readahead=0, max_readahead=0
+        ) as reader:
             handle = reader.open(key)
             with pytest.raises(type(error)) as excinfo:
                 await reader.read(handle, 0, 1000)

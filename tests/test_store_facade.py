@@ -291,3 +291,23 @@ def test_listings_never_wait_behind_byte_fetches() -> None:
                 client.release.set()
 
     trio.run(main)
+
+
+def test_range_reads_run_many_more_at_once_than_listings() -> None:
+    # With 25 ms per request a walk over small files is bound by round trips: the default
+    # store lets far more range reads wait on the network at once than listing threads.
+    client = BlockingBytes()
+    store = Store(client, clock=Clock())  # type: ignore[arg-type]
+    wanted = 24
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(wanted):
+                nursery.start_soon(store.fetch_range, AssetKey("v", "a", 1), 0, 1)
+            try:
+                for _ in range(wanted):
+                    assert await trio.to_thread.run_sync(client.started.acquire, True, 5)
+            finally:
+                client.release.set()
+
+    trio.run(main)

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import trio
 
@@ -86,28 +86,12 @@ class Guard:
         self.abandoned = 0
         self.timed_out = 0
 
-    @contextmanager
-    def request(self, pid: int | None) -> Iterator[None]:
+    def request(self, pid: int | None) -> _Guarded:
         """Run the body under this request's deadline; raise Abandoned or DeadlineExceeded.
 
         `pid` None (unknown) still gets the deadline, but is never taken for abandoned.
         """
-        now = trio.current_time()
-        deadline = now + self.deadline if math.isfinite(self.deadline) else math.inf
-        with trio.CancelScope(deadline=deadline) as scope:
-            entry = _Request(pid or 0, scope, now)
-            if pid:
-                self._active.add(entry)
-            try:
-                yield
-            finally:
-                self._active.discard(entry)
-        if entry.abandoned:
-            self.abandoned += 1
-            raise Abandoned(f"process {pid} is gone or being killed")
-        if scope.cancelled_caught:
-            self.timed_out += 1
-            raise DeadlineExceeded(f"no answer within {self.deadline:g}s")
+        return _Guarded(self, pid)
 
     async def watch(self) -> None:
         """Run for the life of the mount: cancel requests whose process is dying."""
@@ -124,3 +108,42 @@ class Guard:
                     log.info("process %d is being killed: abandoning its request", request.pid)
                     request.abandoned = True
                     request.scope.cancel()
+
+
+class _Guarded:
+    """The context manager `Guard.request` returns: a class, not a generator, because it
+    wraps every FUSE request on the trio thread and a generator costs twice as much."""
+
+    __slots__ = ("_guard", "_pid", "_entry")
+
+    def __init__(self, guard: Guard, pid: int | None) -> None:
+        self._guard = guard
+        self._pid = pid
+
+    def __enter__(self) -> None:
+        guard = self._guard
+        now = trio.current_time()
+        deadline = now + guard.deadline if math.isfinite(guard.deadline) else math.inf
+        entry = self._entry = _Request(self._pid or 0, trio.CancelScope(deadline=deadline), now)
+        entry.scope.__enter__()
+        if self._pid:
+            guard._active.add(entry)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        guard, entry = self._guard, self._entry
+        guard._active.discard(entry)
+        swallowed = entry.scope.__exit__(exc_type, exc, tb)
+        if exc_type is not None and not swallowed:
+            return  # the body's own error goes on unchanged
+        # The scope swallows only its own cancellation, which is one of these two.
+        if entry.abandoned:
+            guard.abandoned += 1
+            raise Abandoned(f"process {self._pid} is gone or being killed")
+        if entry.scope.cancelled_caught:
+            guard.timed_out += 1
+            raise DeadlineExceeded(f"no answer within {guard.deadline:g}s")

@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 from cachetools import LRUCache
 
+from cometfs.client.buffers import Buffer
 from cometfs.errors import (
     ApiError,
     NotFound,
@@ -41,6 +42,9 @@ T = TypeVar("T")
 
 ERROR_TTL = 2.0
 CACHE_ENTRIES = 4096
+# Threads for range reads (the reader's default parallel fetches match it); the client's
+# connection pool keeps at least this many plus the metadata and stream threads.
+FETCH_THREADS = 32
 # Chunks (1 MiB each) a stream may have received ahead of the reader; part of the reader's
 # per-stream allowance in its memory budget.
 _STREAM_CHUNKS_QUEUED = 2
@@ -60,7 +64,7 @@ class RestClient(Protocol):
     def read_range(
         self, asset_id: str, version_id: str, start: int, end: int, *,
         expected_size: int | None = None,
-    ) -> bytes | bytearray: ...
+    ) -> bytes | Buffer: ...
     def stream(
         self, asset_id: str, version_id: str, *, chunk_size: int = ...,
         expected_size: int | None = None,
@@ -140,6 +144,7 @@ class Store:
         *,
         metadata_ttl: float = 30.0,
         max_threads: int = 8,
+        fetch_threads: int = FETCH_THREADS,
         clock: Callable[[], float] = time.monotonic,
         error_ttl: float = ERROR_TTL,
     ) -> None:
@@ -149,8 +154,10 @@ class Store:
         self._clock = clock
         self._limiter = trio.CapacityLimiter(max_threads)
         # Bytes have their own limiters: range reads and whole-asset streams hold threads for
-        # as long as a download takes, and a listing must never queue behind them.
-        self._fetch_limiter = trio.CapacityLimiter(max_threads)
+        # as long as a download takes, and a listing must never queue behind them. Range
+        # reads get more threads than listings: a walk over small files is bound by the
+        # request round trip (25 ms over a WAN), not by bandwidth, so it needs many in flight.
+        self._fetch_limiter = trio.CapacityLimiter(fetch_threads)
         self._stream_limiter = trio.CapacityLimiter(max(1, max_threads // 2))
         # Values stay past their TTL (evicted only by size) so an outage can serve them stale.
         self._mutable: LRUCache[Hashable, _Entry] = LRUCache(maxsize=CACHE_ENTRIES)
@@ -261,7 +268,7 @@ class Store:
 
     # -- bytes: the reader's ByteSource -----------------------------------------------------
 
-    async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes | bytearray:
+    async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes | Buffer:
         return await trio.to_thread.run_sync(
             lambda: self._client.read_range(
                 key.asset_id, key.version_id, start, end, expected_size=key.size

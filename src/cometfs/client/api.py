@@ -31,6 +31,7 @@ from urllib.parse import quote, urljoin
 from cachetools import TTLCache
 
 from cometfs.client import parse
+from cometfs.client.buffers import Buffer
 from cometfs.client.http import (
     Deadline,
     Http,
@@ -75,7 +76,7 @@ class CometClient:
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
-        pool_size: int = 16,
+        pool_size: int = 48,
     ) -> None:
         """`timeout` is each call's total deadline in seconds, retries included (for
         stream(): the first request, then each chunk); `pool_size` is how many connections
@@ -188,8 +189,8 @@ class CometClient:
         end: int,
         *,
         expected_size: int | None = None,
-    ) -> bytearray:
-        """Exactly the bytes [start, end) of an asset, as one bytearray of end - start bytes
+    ) -> Buffer:
+        """Exactly the bytes [start, end) of an asset, as one buffer of end - start bytes
         that the server's answer was read into (never copied; the caller owns it).
 
         Raises RangeNotSupported once the server is known to ignore Range (use stream()),
@@ -307,7 +308,7 @@ class CometClient:
         headers: Mapping[str, str],
         what: str,
         deadline: Deadline,
-    ) -> bytearray:
+    ) -> Buffer:
         key = (asset_id, version_id)
         with self._lock:
             blob_url = self._blob_urls.get(key)
@@ -370,7 +371,7 @@ class CometClient:
         expected_size: int | None,
         what: str,
         deadline: Deadline,
-    ) -> bytearray:
+    ) -> Buffer:
         """Check an answer to a Range request and read exactly [start, end) from it."""
         self._http.check_status(response, what, deadline)
         try:

@@ -33,6 +33,7 @@ import urllib3
 import urllib3.exceptions
 
 from cometfs import __version__
+from cometfs.client.buffers import Buffer, allocate
 from cometfs.client.parse import parse_error_body
 from cometfs.errors import (
     ApiError,
@@ -117,7 +118,7 @@ class Http:
         sleep: Callable[[float], None],
         jitter: Callable[[], float],
         clock: Callable[[], float] = time.monotonic,
-        pool_size: int = 16,
+        pool_size: int = 48,
     ) -> None:
         self._api_key = api_key
         self._connect_timeout = connect_timeout
@@ -305,15 +306,16 @@ class Http:
 
     def read_exact(
         self, response: Response, size: int, what: str, deadline: Deadline
-    ) -> bytearray:
+    ) -> Buffer:
         """Read a body that must be exactly `size` bytes into one buffer; else Retryable.
 
-        Returns the buffer itself (a bytearray, never copied): the caller owns it.
+        Returns the buffer itself (a bytearray, or for a big body an anonymous mapping;
+        never copied): the caller owns it.
         """
         declared = content_length(response)
         if declared is not None and declared != size:
             raise Retryable(ProtocolError(f"{what}: Content-Length is {declared}, expected {size}"))
-        buffer = bytearray(size)
+        buffer = allocate(size)
         view = memoryview(buffer)
         got = 0
         try:

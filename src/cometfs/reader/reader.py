@@ -199,7 +199,7 @@ class AssetReader:
         memory_budget: int = 128 << 20,
         min_readahead: int = 1 << 20,
         max_readahead: int = 32 << 20,
-        max_parallel_fetches: int = 8,
+        max_parallel_fetches: int = 32,
         random_span: int = 32 << 10,
     ) -> None:
         if block_size < 1 or max_parallel_fetches < 1 or random_span < 1:
@@ -305,9 +305,14 @@ class AssetReader:
             self._counts["memory_waits"] += 1
             await self._memory.wait_freed()
         prefetch = self._prefetch_candidates(key, ahead_start, ahead_stop, pieces, need)
-        if missing or prefetch:
-            slots = self._start_load(key, missing + prefetch)
+        # Separate loads, so the bytes this read waits for are never fetched in one run
+        # with readahead it does not need yet: a first read (time to first byte) waits for
+        # its block, not for the block and the window behind it.
+        if missing:
+            slots = self._start_load(key, missing)
             waits.update((piece, slots[piece]) for piece in missing)
+        if prefetch:
+            self._start_load(key, prefetch)
         for piece, slot in waits.items():
             found[piece] = await slot.wait()
         return self._assemble(pieces, found, offset, end)
@@ -576,12 +581,21 @@ class AssetReader:
         """One fetch_range for abutting pieces; never raises Exception."""
         run_slots = dict(run)
         start, end = run[0][1].start, run[-1][1].end
+        limiter = self._fetch_limiter
         try:
-            async with self._fetch_limiter:
+            # `async with limiter` always yields to the scheduler once; a free token is taken
+            # without that round (the fetch itself suspends soon enough).
+            try:
+                limiter.acquire_nowait()
+            except trio.WouldBlock:
+                await limiter.acquire()
+            try:
                 if self._ranges_unsupported:  # learnt while this fetch waited for the limiter
                     raise RangeNotSupported("ranges known to be unsupported")
                 self._counts["fetches"] += 1
                 data = await self._source.fetch_range(key, start, end)
+            finally:
+                limiter.release()
             if len(data) != end - start:
                 raise ProtocolError(
                     f"asked for bytes {start}-{end} of asset {key.asset_id}, got {len(data)}"
