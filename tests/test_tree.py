@@ -401,7 +401,7 @@ def test_forgotten_nodes_leave_the_inode_table() -> None:
         await fs.forget([(10**9, 1), *children])
         await fs.forget([(inode, held[inode]) for inode in parents])
         assert tree.inode_count <= baseline + 10
-        assert len(tree._by_identity) <= baseline + 10
+        assert tree.identity_count <= baseline + 10
         # What was released comes back on the next lookup.
         found = await walk_path(tree, f"{WS}/big/1.0.0/d7/f7007.bin")
         assert isinstance(found, AssetFile) and found.asset.asset_id == "id7007"

@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 from cometfs.errors import ConfigError
 
 DEFAULT_SERVER_URL = "https://www.comet.com"
+# How long listings and mutable metadata are trusted (seconds); the one default of the
+# store, the tree, the read path, the mount options and --metadata-ttl.
+DEFAULT_METADATA_TTL = 30.0
 
 
 @dataclass(frozen=True)
