@@ -31,7 +31,7 @@ import trio
 
 from cometfs import __version__
 from cometfs.client import CometClient
-from cometfs.config import Config
+from cometfs.config import DEFAULT_METADATA_TTL, Config
 from cometfs.errors import CometFSError, NotFound
 from cometfs.reader import AssetReader, ReadHandle
 from cometfs.readpath import DEFAULT_CACHE_SIZE, ReadPath, build_read_path, default_cache_dir
@@ -103,7 +103,7 @@ class Engine:
         *,
         cache_dir: Path | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
-        metadata_ttl: float = 30.0,
+        metadata_ttl: float = DEFAULT_METADATA_TTL,
     ) -> None:
         self.config = config
         self.cache_dir = Path(cache_dir or default_cache_dir(config.server_url))

@@ -25,7 +25,7 @@ from typing import Any
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
-from cometfs.config import resolve
+from cometfs.config import DEFAULT_METADATA_TTL, resolve
 from cometfs.engine import Engine, Entry, NotAFile, OpenFile
 from cometfs.errors import NotFound, Unauthorized
 from cometfs.readpath import DEFAULT_CACHE_SIZE
@@ -72,7 +72,7 @@ class CometFileSystem(AbstractFileSystem):
         cache_dir: str | os.PathLike[str] | None = None,
         cache_size: int | None = None,
         workspace: str | None = None,
-        metadata_ttl: float = 30.0,
+        metadata_ttl: float = DEFAULT_METADATA_TTL,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

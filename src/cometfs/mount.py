@@ -30,7 +30,7 @@ import trio
 
 from cometfs import __version__
 from cometfs.client import CometClient
-from cometfs.config import Config
+from cometfs.config import DEFAULT_METADATA_TTL, Config
 from cometfs.deadlines import Guard
 from cometfs.errors import CometFSError, NotFound, TransientError, Unauthorized
 from cometfs.fs import CometFS
@@ -60,7 +60,7 @@ class MountOptions:
     config: Config
     cache_dir: Path
     cache_size: int
-    metadata_ttl: float = 30.0
+    metadata_ttl: float = DEFAULT_METADATA_TTL
     timeout: float = DEFAULT_TIMEOUT
     foreground: bool = False
     log_level: str = "WARNING"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cometfs.config import DEFAULT_METADATA_TTL
 from cometfs.reader import AssetReader, DiskCache
 from cometfs.store import RestClient, Store
 from cometfs.tree import Tree
@@ -44,7 +45,7 @@ def build_read_path(
     cache_dir: Path,
     cache_size: int,
     *,
-    metadata_ttl: float = 30.0,
+    metadata_ttl: float = DEFAULT_METADATA_TTL,
     workspaces: Iterable[str] = (),
     status: Callable[[AssetReader], Callable[[], Mapping[str, Any]]] | None = None,
     mount_time_ns: int | None = None,

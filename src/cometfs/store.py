@@ -26,6 +26,7 @@ import trio
 from cachetools import LRUCache
 
 from cometfs.client.buffers import Buffer
+from cometfs.config import DEFAULT_METADATA_TTL
 from cometfs.errors import (
     ApiError,
     NotFound,
@@ -142,7 +143,7 @@ class Store:
         self,
         client: RestClient,
         *,
-        metadata_ttl: float = 30.0,
+        metadata_ttl: float = DEFAULT_METADATA_TTL,
         max_threads: int = 8,
         fetch_threads: int = FETCH_THREADS,
         clock: Callable[[], float] = time.monotonic,

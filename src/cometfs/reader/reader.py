@@ -64,7 +64,7 @@ from cometfs.reader.blocks import (
     blocks_covering,
     coalesce,
 )
-from cometfs.reader.disk import DiskCache
+from cometfs.reader.disk import DEFAULT_BLOCK_SIZE, DiskCache
 from cometfs.reader.memory import MemoryCache
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class AssetReader:
         source: ByteSource,
         disk: DiskCache | None,
         *,
-        block_size: int = 1 << 20,
+        block_size: int = DEFAULT_BLOCK_SIZE,
         memory_budget: int = 128 << 20,
         min_readahead: int = 1 << 20,
         max_readahead: int = 32 << 20,
