@@ -308,7 +308,7 @@ def test_disk_writes_of_many_small_files_share_worker_thread_hops(
     files = _small_files(source, 20)
     release = threading.Event()
     batches: list[int] = []
-    real_batch = reader_module._disk_put_batch
+    real_batch = reader_module.disk_put_batch
 
     def slow_first_batch(disk: DiskCache, batch: list[Any]) -> list[OSError]:
         batches.append(len(batch))
@@ -316,7 +316,7 @@ def test_disk_writes_of_many_small_files_share_worker_thread_hops(
             release.wait(10)  # the disk lags: later fetches queue up behind this write
         return real_batch(disk, batch)
 
-    monkeypatch.setattr(reader_module, "_disk_put_batch", slow_first_batch)
+    monkeypatch.setattr(reader_module, "disk_put_batch", slow_first_batch)
     disk = DiskCache(tmp_path, 64 * MIB)
 
     async def scenario() -> None:

@@ -1,5 +1,9 @@
 """The read path for asset bytes: block math, memory and disk caches, and AssetReader.
 
+Modules: blocks (block math and readahead), memory (MemoryCache), disk and cachedir
+(DiskCache), pieces (pieces, slots and the ByteSource protocol both modes share), reader
+(AssetReader: range mode, readahead, disk writes) and streaming (stream mode).
+
 Public surface (everything else is internal):
 
     AssetKey      identity of immutable bytes (from cometfs.model, re-exported)
@@ -15,6 +19,7 @@ Public surface (everything else is internal):
 from cometfs.model import AssetKey
 from cometfs.reader.disk import DiskCache
 from cometfs.reader.memory import MemoryCache
-from cometfs.reader.reader import AssetReader, ByteSource, ReadHandle
+from cometfs.reader.pieces import ByteSource
+from cometfs.reader.reader import AssetReader, ReadHandle
 
 __all__ = ["AssetKey", "AssetReader", "ByteSource", "DiskCache", "MemoryCache", "ReadHandle"]

@@ -22,10 +22,9 @@ How a read is served:
   does not fit beside what cannot be evicted waits until something is given back, unless
   nothing is in flight; so the total stays within the budget, or within what one read needs
   when that alone is larger.
-* If the source raises RangeNotSupported, the reader switches to stream mode for good: each
-  asset is streamed whole, once at a time, cut into blocks as the bytes arrive (chunks that
-  line up with blocks are used as they are, others copied once into the block's buffer);
-  every block lands in the caches and wakes its waiters at once.
+* If the source raises RangeNotSupported, the reader switches to stream mode for good and
+  hands every load to its StreamLoader (reader/streaming.py): each asset is streamed whole,
+  cut into blocks that land in the caches and wake their waiters as they arrive.
 * Cross-file readahead: `open(key, following=...)` learns the assets after this one in its
   directory. When opens walk a directory in that order, the next small assets are loaded
   whole before they are opened (bounded in files and bytes), so a walk over many small files
@@ -46,10 +45,9 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
@@ -59,26 +57,25 @@ from cometfs.reader.blocks import (
     Readahead,
     aligned_span,
     block_bounds,
-    block_count,
     block_length,
     blocks_covering,
     coalesce,
 )
 from cometfs.reader.disk import DEFAULT_BLOCK_SIZE, DiskCache
 from cometfs.reader.memory import MemoryCache
+from cometfs.reader.pieces import (
+    WHOLE,
+    ByteSource,
+    Piece,
+    Slot,
+    SlotTable,
+    disk_get_many,
+    disk_put_batch,
+)
+from cometfs.reader.streaming import StreamLoader
 
 logger = logging.getLogger(__name__)
 
-Buffer = bytes | bytearray | memoryview
-# (asset, block index, chunk index within the block or _WHOLE for the whole block)
-Piece = tuple[AssetKey, int, int]
-_WHOLE = -1
-
-# Streamed blocks waiting for their disk write; beyond this the download waits for the disk.
-_STREAM_DISK_QUEUE = 8
-# Reserved per running stream, in blocks: the partial block being assembled plus the chunks
-# the source has received ahead of the sink (the store queues two and its worker holds one).
-_STREAM_ALLOWANCE = 4
 # Cross-file readahead: an open counts as part of a directory walk when its asset is among
 # the first _WALK_NEAR of the previous open's `following` (a walker may skip a few names),
 # or is the very next asset after one of the last _WALK_TRAILS opens (several workers
@@ -107,18 +104,8 @@ _COUNTERS = (
 )
 
 
-class ByteSource(Protocol):
-    """Where bytes come from when no cache has them; implemented by the async store facade."""
-
-    async def fetch_range(self, key: AssetKey, start: int, end: int) -> Buffer:
-        """Bytes [start, end) exactly (any bytes-like object, never modified afterwards);
-        may raise RangeNotSupported and any CometFSError."""
-        ...
-
-    async def stream(self, key: AssetKey, sink: Callable[[Buffer], Awaitable[None]]) -> None:
-        """The whole asset from byte 0, in order, awaiting sink(chunk) on the trio thread
-        for each chunk before reading the next (so a slow sink slows the download)."""
-        ...
+# A fetched run's whole blocks waiting for the disk: (asset, blocks, their slots, run buffer)
+_DiskWrite = tuple[AssetKey, dict[int, memoryview], dict[Piece, Slot], memoryview]
 
 
 class ReadHandle:
@@ -132,59 +119,6 @@ class ReadHandle:
 
     def __repr__(self) -> str:
         return f"ReadHandle({self.key!r}, window={self.readahead.window})"
-
-
-class _Slot:
-    """One piece being loaded. Readers wait on `event`; then exactly one of data/error is set.
-
-    `reserved` says whether the piece's bytes are still reserved in the memory budget (until
-    its buffer exists and is counted instead)."""
-
-    __slots__ = ("event", "data", "error", "start", "end", "reserved")
-
-    def __init__(self, start: int, end: int) -> None:
-        self.event = trio.Event()
-        self.data: memoryview | None = None
-        self.error: BaseException | None = None
-        self.start = start
-        self.end = end
-        self.reserved = True
-
-    @property
-    def nbytes(self) -> int:
-        return self.end - self.start
-
-    @property
-    def done(self) -> bool:
-        return self.event.is_set()
-
-    async def wait(self) -> memoryview:
-        await self.event.wait()
-        if self.error is not None:
-            raise self.error
-        assert self.data is not None
-        return self.data
-
-
-_DiskItem = tuple[int, memoryview, "_Slot | None"]
-# A fetched run's whole blocks waiting for the disk: (asset, blocks, their slots, run buffer)
-_DiskWrite = tuple[AssetKey, dict[int, memoryview], dict[Piece, "_Slot"], memoryview]
-
-
-@dataclass(eq=False)
-class _Stream:
-    """One whole-asset download in stream mode and the slots waiting for its blocks."""
-
-    key: AssetKey
-    waiting: dict[int, _Slot] = field(default_factory=dict)
-    position: int = 0  # index of the block being assembled
-    received: int = 0
-    buffer: bytearray | None = None  # the partial block, when chunks do not line up
-    filled: int = 0
-    error: BaseException | None = None
-    overlong: bool = False  # the body did not match the listed size: drop what landed
-    scope: trio.CancelScope | None = None
-    disk_queue: trio.MemorySendChannel[_DiskItem] | None = None
 
 
 class AssetReader:
@@ -221,8 +155,6 @@ class AssetReader:
         # Chunks must tile a block exactly; otherwise random reads fetch whole blocks.
         self._span = random_span if block_size % random_span == 0 else block_size
         self._fetch_limiter = trio.CapacityLimiter(max_parallel_fetches)
-        self._inflight: dict[Piece, _Slot] = {}
-        self._streams: dict[AssetKey, _Stream] = {}
         self._ranges_unsupported = False
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
@@ -231,6 +163,18 @@ class AssetReader:
         self._disk_warned = False
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._disk_pending: list[_DiskWrite] = []
+        self._slots = SlotTable(self._memory)
+        self._streaming = StreamLoader(
+            source,
+            self._slots,
+            self._memory,
+            disk,
+            block_size=block_size,
+            span=self._span,
+            counts=self._counts,
+            spawn=self._spawn,
+            disk_trouble=self._disk_trouble,
+        )
         self._disk_writing = False
         self._walk_near: Sequence[AssetKey] = ()
         self._walk_next: deque[AssetKey] = deque(maxlen=_WALK_TRAILS)
@@ -328,8 +272,8 @@ class AssetReader:
             "memory_blocks": len(self._memory),
             "disk_bytes": disk.usage() if disk is not None else 0,
             "disk_capacity": disk.capacity if disk is not None else 0,
-            "inflight_blocks": len(self._inflight),
-            "active_streams": len(self._streams),
+            "inflight_blocks": len(self._slots),
+            "active_streams": self._streaming.active,
             "range_unsupported": int(self._ranges_unsupported),
             **self._counts,
         }
@@ -340,16 +284,16 @@ class AssetReader:
         """The pieces, in byte order, that cover [offset, end)."""
         needed = blocks_covering(offset, end, self.block_size)
         if sequential or self._span >= self.block_size or self._ranges_unsupported:
-            return [(key, index, _WHOLE) for index in needed]
+            return [(key, index, WHOLE) for index in needed]
         low, high = aligned_span(offset, end, self._span, key.size)
         pieces: list[Piece] = []
         for index in needed:
             block_start, block_end = block_bounds(index, self.block_size, key.size)
-            whole = (key, index, _WHOLE)
+            whole = (key, index, WHOLE)
             if (
                 (low <= block_start and block_end <= high)
                 or whole in self._memory
-                or whole in self._inflight
+                or whole in self._slots
                 or (self._disk is not None and self._disk.holds(key, index))
             ):
                 pieces.append(whole)
@@ -363,17 +307,17 @@ class AssetReader:
         """Byte range [start, end) of a piece within its asset."""
         key, index, chunk = piece
         block_start, block_end = block_bounds(index, self.block_size, key.size)
-        if chunk == _WHOLE:
+        if chunk == WHOLE:
             return block_start, block_end
         start = block_start + chunk * self._span
         return start, min(start + self._span, block_end)
 
     def _lookup(
         self, pieces: list[Piece]
-    ) -> tuple[dict[Piece, memoryview], dict[Piece, _Slot], list[Piece]]:
+    ) -> tuple[dict[Piece, memoryview], dict[Piece, Slot], list[Piece]]:
         """Split the pieces into cached (views), in flight (slots) and missing."""
         found: dict[Piece, memoryview] = {}
-        waits: dict[Piece, _Slot] = {}
+        waits: dict[Piece, Slot] = {}
         missing: list[Piece] = []
         for piece in pieces:
             data = self._memory.get(piece)
@@ -384,7 +328,7 @@ class AssetReader:
                     self._counts["hits_memory"] += 1
                     continue
                 self._memory.discard(piece)
-            slot = self._inflight.get(piece)
+            slot = self._slots.get(piece)
             if slot is not None:
                 waits[piece] = slot
                 self._counts["shared_waits"] += not slot.done
@@ -401,8 +345,8 @@ class AssetReader:
         room = self._memory.room() - need
         chosen: list[Piece] = []
         for index in blocks_covering(start, stop, self.block_size):
-            piece = (key, index, _WHOLE)
-            if piece in pieces or piece in self._memory or piece in self._inflight:
+            piece = (key, index, WHOLE)
+            if piece in pieces or piece in self._memory or piece in self._slots:
                 continue
             nbytes = block_length(index, self.block_size, key.size)
             if nbytes > room:
@@ -443,8 +387,8 @@ class AssetReader:
                 return
             if not 0 < key.size <= self.block_size:
                 continue  # large assets get the per-handle readahead once opened
-            piece = (key, 0, _WHOLE)
-            if piece in self._memory or piece in self._inflight:
+            piece = (key, 0, WHOLE)
+            if piece in self._memory or piece in self._slots:
                 continue
             if self._walk_bytes + key.size > _WALK_BYTES or key.size > self._memory.room():
                 return
@@ -464,57 +408,18 @@ class AssetReader:
         key: AssetKey,
         pieces: list[Piece],
         on_done: Callable[[], None] | None = None,
-    ) -> dict[Piece, _Slot]:
+    ) -> dict[Piece, Slot]:
         """Register a slot per piece (reserving its memory) and load them in the background."""
-        slots: dict[Piece, _Slot] = {}
+        slots: dict[Piece, Slot] = {}
         for piece in pieces:
-            slot = _Slot(*self._bounds(piece))
-            self._memory.reserve(slot.nbytes)
-            self._inflight[piece] = slot
-            slots[piece] = slot
+            slots[piece] = self._slots.add(piece, *self._bounds(piece))
         self._spawn(self._load, key, slots, on_done)
         return slots
-
-    def _unreserve(self, slot: _Slot) -> None:
-        if slot.reserved:
-            slot.reserved = False
-            self._memory.release(slot.nbytes)
-
-    def _complete(self, piece: Piece, slot: _Slot, data: memoryview, *, linger: bool) -> None:
-        """Hand a piece to its waiters and the memory cache.
-
-        With `linger` the slot stays findable until its disk write is done, so a reader
-        arriving meanwhile does not fetch again when memory has already evicted the block.
-        """
-        if slot.done:
-            return
-        self._unreserve(slot)
-        slot.data = data
-        slot.event.set()
-        self._memory.put(piece, data)
-        if not linger:
-            self._forget(piece, slot)
-
-    def _fail(self, piece: Piece, slot: _Slot, error: BaseException) -> None:
-        if slot.done:
-            return
-        self._unreserve(slot)
-        slot.error = error
-        slot.event.set()
-        self._forget(piece, slot)
-
-    def _fail_all(self, slots: dict[Piece, _Slot], error: BaseException) -> None:
-        for piece, slot in slots.items():
-            self._fail(piece, slot, error)
-
-    def _forget(self, piece: Piece, slot: _Slot) -> None:
-        if self._inflight.get(piece) is slot:
-            del self._inflight[piece]
 
     # -- background loads -----------------------------------------------------------------------
 
     async def _load(
-        self, key: AssetKey, slots: dict[Piece, _Slot], on_done: Callable[[], None] | None
+        self, key: AssetKey, slots: dict[Piece, Slot], on_done: Callable[[], None] | None
     ) -> None:
         """Fill the slots from the disk cache, then from the source. Never raises Exception."""
         try:
@@ -523,17 +428,17 @@ class AssetReader:
                 await self._load_from_source(key, pending)
         except Exception as exc:
             logger.exception("unexpected error loading blocks of %s", key)
-            self._fail_all(slots, exc)
+            self._slots.fail_all(slots, exc)
         except BaseException:
-            self._fail_all(slots, TransientError("read interrupted: reader shutting down"))
+            self._slots.fail_all(slots, TransientError("read interrupted: reader shutting down"))
             raise
         finally:
             if on_done is not None:
                 on_done()
 
     async def _load_from_disk(
-        self, key: AssetKey, slots: dict[Piece, _Slot]
-    ) -> dict[Piece, _Slot]:
+        self, key: AssetKey, slots: dict[Piece, Slot]
+    ) -> dict[Piece, Slot]:
         """Complete the whole-block slots the disk cache can fill; return the others."""
         disk = self._disk
         if disk is None:
@@ -542,28 +447,28 @@ class AssetReader:
         lengths = {
             piece[1]: slot.nbytes
             for piece, slot in slots.items()
-            if piece[2] == _WHOLE and disk.holds(key, piece[1])
+            if piece[2] == WHOLE and disk.holds(key, piece[1])
         }
         if not lengths:
             return slots
         try:
-            found = await trio.to_thread.run_sync(_disk_get_many, disk, key, lengths)
+            found = await trio.to_thread.run_sync(disk_get_many, disk, key, lengths)
         except OSError as exc:
             self._disk_trouble("read", exc)
             return slots
         for index, data in found.items():
             self._counts["hits_disk"] += 1
-            piece = (key, index, _WHOLE)
-            self._complete(piece, slots[piece], memoryview(data), linger=False)
+            piece = (key, index, WHOLE)
+            self._slots.complete(piece, slots[piece], memoryview(data), linger=False)
         return {
             piece: slot
             for piece, slot in slots.items()
-            if piece[2] != _WHOLE or piece[1] not in found
+            if piece[2] != WHOLE or piece[1] not in found
         }
 
-    async def _load_from_source(self, key: AssetKey, slots: dict[Piece, _Slot]) -> None:
+    async def _load_from_source(self, key: AssetKey, slots: dict[Piece, Slot]) -> None:
         if self._ranges_unsupported:
-            self._load_by_stream(key, slots)
+            self._streaming.load(key, slots)
             return
         order = sorted(slots.items(), key=lambda item: item[1].start)
         runs = [
@@ -577,7 +482,7 @@ class AssetReader:
             for run in runs:
                 nursery.start_soon(self._fetch_run, key, run)
 
-    async def _fetch_run(self, key: AssetKey, run: list[tuple[Piece, _Slot]]) -> None:
+    async def _fetch_run(self, key: AssetKey, run: list[tuple[Piece, Slot]]) -> None:
         """One fetch_range for abutting pieces; never raises Exception."""
         run_slots = dict(run)
         start, end = run[0][1].start, run[-1][1].end
@@ -601,27 +506,29 @@ class AssetReader:
                     f"asked for bytes {start}-{end} of asset {key.asset_id}, got {len(data)}"
                 )
         except RangeNotSupported:
-            self._switch_to_streaming()
-            self._load_by_stream(key, run_slots)
+            if not self._ranges_unsupported:
+                self._ranges_unsupported = True
+                logger.info("the server ignores Range requests: assets will be streamed whole")
+            self._streaming.load(key, run_slots)
             return
         except Exception as exc:
             self._counts["fetch_errors"] += 1
             logger.debug("fetch of %s bytes %d-%d failed: %r", key, start, end, exc)
-            self._fail_all(run_slots, exc)
+            self._slots.fail_all(run_slots, exc)
             return
         self._counts["bytes_fetched"] += len(data)
         view = memoryview(data).toreadonly()
         # The run buffer now exists: count it instead of the reservations, and keep it
         # counted until its disk write is done even if memory evicts its pieces.
         for _, slot in run:
-            self._unreserve(slot)
+            self._slots.unreserve(slot)
         self._memory.hold(view)
         blocks: dict[int, memoryview] = {}
-        lingering: dict[Piece, _Slot] = {}
+        lingering: dict[Piece, Slot] = {}
         for piece, slot in run:
             piece_view = view[slot.start - start : slot.end - start]
-            to_disk = self._disk is not None and piece[2] == _WHOLE
-            self._complete(piece, slot, piece_view, linger=to_disk)
+            to_disk = self._disk is not None and piece[2] == WHOLE
+            self._slots.complete(piece, slot, piece_view, linger=to_disk)
             if to_disk:
                 blocks[piece[1]] = piece_view
                 lingering[piece] = slot
@@ -636,7 +543,7 @@ class AssetReader:
         self,
         key: AssetKey,
         blocks: dict[int, memoryview],
-        slots: dict[Piece, _Slot],
+        slots: dict[Piece, Slot],
         buffer: memoryview,
     ) -> None:
         """Write fetched blocks to the disk cache off the read path.
@@ -662,7 +569,7 @@ class AssetReader:
                 batch, self._disk_pending = self._disk_pending, []
                 try:
                     errors = await trio.to_thread.run_sync(
-                        _disk_put_batch, disk, [(key, blocks) for key, blocks, _, _ in batch]
+                        disk_put_batch, disk, [(key, blocks) for key, blocks, _, _ in batch]
                     )
                 finally:
                     self._finish_disk_writes(batch)
@@ -677,223 +584,8 @@ class AssetReader:
     def _finish_disk_writes(self, batch: list[_DiskWrite]) -> None:
         for _, _, slots, buffer in batch:
             for piece, slot in slots.items():
-                self._forget(piece, slot)
+                self._slots.forget(piece, slot)
             self._memory.unhold(buffer)
-
-    # -- stream mode ----------------------------------------------------------------------------
-
-    def _switch_to_streaming(self) -> None:
-        if not self._ranges_unsupported:
-            self._ranges_unsupported = True
-            logger.info("the server ignores Range requests: assets will be streamed whole")
-
-    def _load_by_stream(self, key: AssetKey, slots: dict[Piece, _Slot]) -> None:
-        """Fill the slots from whole streamed blocks; chunks are cut from their block."""
-        blocks: dict[int, _Slot] = {}
-        for piece, slot in slots.items():
-            if piece[2] == _WHOLE:
-                blocks[piece[1]] = slot
-        for piece, slot in slots.items():
-            if piece[2] == _WHOLE or slot.done:
-                continue
-            whole = (key, piece[1], _WHOLE)
-            block_slot = blocks.get(piece[1]) or self._inflight.get(whole)
-            if block_slot is None:
-                block_slot = _Slot(*self._bounds(whole))
-                self._memory.reserve(block_slot.nbytes)
-                self._inflight[whole] = blocks[piece[1]] = block_slot
-            self._spawn(self._cut_chunk, piece, slot, block_slot)
-        self._attach_to_stream(key, blocks)
-
-    async def _cut_chunk(self, piece: Piece, slot: _Slot, block_slot: _Slot) -> None:
-        try:
-            block = await block_slot.wait()
-        except Exception as exc:
-            self._fail(piece, slot, exc)
-            return
-        offset = slot.start - block_slot.start
-        self._complete(piece, slot, block[offset : offset + slot.nbytes], linger=False)
-
-    def _attach_to_stream(self, key: AssetKey, slots: dict[int, _Slot]) -> None:
-        """Have the asset's running stream fill the slots, or start one for those it passed."""
-        stream = self._streams.get(key)
-        behind: dict[int, _Slot] = {}
-        for index, slot in slots.items():
-            if slot.done:
-                continue
-            if stream is not None and stream.error is None and index >= stream.position:
-                stream.waiting[index] = slot
-            else:
-                behind[index] = slot
-        if behind:
-            stream = _Stream(key, waiting=behind)
-            self._streams[key] = stream
-            self._spawn(self._run_stream, stream)
-
-    async def _run_stream(self, stream: _Stream) -> None:
-        """Download the whole asset, landing blocks as they complete. Never raises Exception."""
-        key = stream.key
-        self._counts["streams"] += 1
-        self._memory.reserve(_STREAM_ALLOWANCE * self.block_size)
-        try:
-            send, receive = trio.open_memory_channel[_DiskItem](_STREAM_DISK_QUEUE)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_streamed_blocks, key, receive)
-                async with send:
-                    stream.disk_queue = send
-                    await self._receive_stream(stream)
-                    stream.disk_queue = None
-            if stream.overlong:
-                await self._purge(key)
-            if stream.error is not None:
-                self._fail_stream(stream, stream.error)
-        except Exception as exc:
-            logger.exception("unexpected error streaming %s", key)
-            self._fail_stream(stream, exc)
-        except BaseException:
-            self._fail_stream(stream, TransientError("read interrupted: reader shutting down"))
-            raise
-        finally:
-            stream.buffer = None
-            self._memory.release(_STREAM_ALLOWANCE * self.block_size)
-            if self._streams.get(key) is stream:
-                del self._streams[key]
-
-    async def _receive_stream(self, stream: _Stream) -> None:
-        """Run the source's stream; afterwards `stream.error` tells whether it all arrived.
-
-        The error is set before the queued disk writes drain, so readers arriving meanwhile
-        start a fresh stream instead of joining a failed one.
-        """
-        key = stream.key
-        try:
-            with trio.CancelScope() as scope:
-                stream.scope = scope
-                await self._source.stream(key, partial(self._on_stream_chunk, stream))
-        except Exception as exc:
-            if stream.error is None:
-                stream.error = exc
-        if stream.error is None and stream.received < key.size:
-            stream.error = ProtocolError(
-                f"stream of asset {key.asset_id} ended after {stream.received} of "
-                f"{key.size} bytes"
-            )
-
-    async def _on_stream_chunk(self, stream: _Stream, chunk: Buffer) -> None:
-        """The stream's sink: cut arriving bytes into blocks. Runs on the trio thread.
-
-        A chunk that holds a whole block at a block boundary is used as it is (a view, no
-        copy); otherwise its bytes are copied once into the partial block's own buffer,
-        which then becomes the block."""
-        key = stream.key
-        if stream.error is not None:
-            return
-        view = memoryview(chunk).toreadonly()
-        if stream.received + len(view) > key.size:
-            stream.error = ProtocolError(
-                f"stream of asset {key.asset_id} is longer than its {key.size} bytes"
-            )
-            stream.overlong = True
-            if stream.scope is not None:
-                stream.scope.cancel()
-            return
-        stream.received += len(view)
-        self._counts["bytes_streamed"] += len(view)
-        while len(view):
-            length = self._block_len(key, stream.position)
-            if stream.filled == 0 and len(view) >= length:
-                block, view = view[:length], view[length:]
-            else:
-                if stream.buffer is None:
-                    stream.buffer = bytearray(length)
-                take = min(length - stream.filled, len(view))
-                stream.buffer[stream.filled : stream.filled + take] = view[:take]
-                stream.filled += take
-                view = view[take:]
-                if stream.filled < length:
-                    continue
-                block = memoryview(stream.buffer).toreadonly()
-                stream.buffer, stream.filled = None, 0
-            # Advance before landing: _land may wait for the disk, and a reader arriving
-            # meanwhile must not wait on this stream for a block it has already passed.
-            index = stream.position
-            stream.position += 1
-            await self._land(stream, index, block)
-
-    async def _land(self, stream: _Stream, index: int, data: memoryview) -> None:
-        """A streamed block is complete: wake its waiters, cache it, queue its disk write.
-
-        The disk queue is bounded and its blocks count against the memory budget: when the
-        disk lags, this waits, which holds the download back instead of piling blocks up."""
-        key = stream.key
-        piece = (key, index, _WHOLE)
-        queue = stream.disk_queue if self._disk is not None else None
-        # A reader may have attached to another stream of this asset; any stream can serve it.
-        slot = stream.waiting.pop(index, None)
-        if slot is None or slot.done:
-            slot = self._inflight.get(piece)
-        if slot is not None and not slot.done:
-            self._complete(piece, slot, data, linger=queue is not None)
-        else:
-            slot = None
-            self._memory.put(piece, data)
-        if queue is not None:
-            self._memory.hold(data)
-            await queue.send((index, data, slot))
-
-    async def _write_streamed_blocks(
-        self, key: AssetKey, receive: trio.MemoryReceiveChannel[_DiskItem]
-    ) -> None:
-        async with receive:
-            try:
-                async for index, data, slot in receive:
-                    await self._write_streamed_block(key, index, data, slot)
-            finally:
-                # Cancelled: give back what the unwritten blocks held.
-                while True:
-                    try:
-                        index, data, slot = receive.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    self._memory.unhold(data)
-                    if slot is not None:
-                        self._forget((key, index, _WHOLE), slot)
-
-    async def _write_streamed_block(
-        self, key: AssetKey, index: int, data: memoryview, slot: _Slot | None
-    ) -> None:
-        try:
-            if self._disk is not None:
-                await trio.to_thread.run_sync(_disk_put_many, self._disk, key, {index: data})
-        except OSError as exc:
-            self._disk_trouble("write", exc)
-        finally:
-            self._memory.unhold(data)
-            if slot is not None:
-                self._forget((key, index, _WHOLE), slot)
-
-    async def _purge(self, key: AssetKey) -> None:
-        """Forget every cached piece of an asset whose bytes are not the ones listed."""
-        logger.warning("asset %s is not the %d bytes listed; dropping its cache", key, key.size)
-        chunks = range(_WHOLE, -(-self.block_size // self._span))
-        for index in range(block_count(key.size, self.block_size)):
-            for chunk in chunks:
-                self._memory.discard((key, index, chunk))
-        if self._disk is not None:
-            try:
-                await trio.to_thread.run_sync(self._disk.discard, key)
-            except OSError as exc:
-                self._disk_trouble("discard", exc)
-
-    def _fail_stream(self, stream: _Stream, error: BaseException) -> None:
-        self._counts["stream_errors"] += 1
-        logger.debug("stream of %s failed at byte %d: %r", stream.key, stream.received, error)
-        waiting, stream.waiting = stream.waiting, {}
-        key = stream.key
-        self._fail_all({(key, index, _WHOLE): slot for index, slot in waiting.items()}, error)
-
-    def _block_len(self, key: AssetKey, index: int) -> int:
-        return block_length(index, self.block_size, key.size)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -931,31 +623,3 @@ class AssetReader:
         else:
             logger.debug("disk cache %s failed: %s", action, exc)
 
-
-def _disk_get_many(disk: DiskCache, key: AssetKey, lengths: dict[int, int]) -> dict[int, bytes]:
-    """Worker thread: the blocks the disk cache holds, by index."""
-    found: dict[int, bytes] = {}
-    for index, length in lengths.items():
-        data = disk.get(key, index, length)
-        if data is not None:
-            found[index] = data
-    return found
-
-
-def _disk_put_batch(
-    disk: DiskCache, batch: list[tuple[AssetKey, dict[int, memoryview]]]
-) -> list[OSError]:
-    """Worker thread: store the blocks of several fetches; one failure skips only its asset."""
-    errors: list[OSError] = []
-    for key, blocks in batch:
-        try:
-            _disk_put_many(disk, key, blocks)
-        except OSError as exc:
-            errors.append(exc)
-    return errors
-
-
-def _disk_put_many(disk: DiskCache, key: AssetKey, blocks: dict[int, memoryview]) -> None:
-    """Worker thread: store whole blocks."""
-    for index, data in blocks.items():
-        disk.put(key, index, data)
