@@ -3,8 +3,8 @@
 Runs on the trio thread; every client call goes to a worker thread. Listings and byte
 fetches have separate CapacityLimiters, so a burst of downloads never makes an `ls` wait.
 Lists that can change (workspaces, artifacts, versions, aliases) are fresh for the metadata
-TTL; what an immutable version holds (its details, asset list) is cached without expiry.
-Concurrent identical calls share one request (single-flight).
+TTL; what never changes (a version's details and asset list, an experiment's metadata) is
+cached without expiry. Concurrent identical calls share one request (cometfs.flight).
 
 Failures are remembered too, so that a dead server or a missing name is not asked again on
 every lookup: NotFound for the metadata TTL (200 stats of a missing name cost one request),
@@ -35,6 +35,7 @@ from cometfs.errors import (
     TransientError,
     Unauthorized,
 )
+from cometfs.flight import SingleFlight
 from cometfs.model import Artifact, ArtifactVersion, Asset, AssetKey
 
 log = logging.getLogger(__name__)
@@ -81,49 +82,6 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, ApiError) and exc.status is not None and exc.status >= 500
 
 
-class _SingleFlight:
-    """Lets concurrent callers of the same key share one computation and its outcome.
-
-    The computation runs in a task of its own, not in the first caller's: a caller that is
-    cancelled (its reader was killed, its FUSE request hit its deadline) stops waiting at
-    once, and the others still get the shared answer.
-    """
-
-    def __init__(self) -> None:
-        self._running: dict[Hashable, _Flight] = {}
-
-    async def run(self, key: Hashable, compute: Callable[[], Awaitable[Any]]) -> Any:
-        flight = self._running.get(key)
-        if flight is None:
-            flight = self._running[key] = _Flight()
-            trio.lowlevel.spawn_system_task(self._fly, key, flight, compute)
-        await flight.done.wait()
-        if flight.error is not None:
-            raise flight.error.with_traceback(None)
-        return flight.result
-
-    async def _fly(
-        self, key: Hashable, flight: _Flight, compute: Callable[[], Awaitable[Any]]
-    ) -> None:
-        try:
-            flight.result = await compute()
-        except Exception as exc:
-            flight.error = exc
-        except BaseException:  # shut down: waiters must not take a missing result for one
-            flight.error = TransientError("a shared request was interrupted")
-            raise
-        finally:
-            del self._running[key]
-            flight.done.set()
-
-
-class _Flight:
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: Any = None
-        self.error: Exception | None = None
-
-
 @dataclass
 class _Entry:
     """A cached answer (value or error) and when it was obtained."""
@@ -166,7 +124,7 @@ class Store:
         # The last error per key, kept apart so a failed refresh never evicts a stale value.
         self._errors: LRUCache[Hashable, _Entry] = LRUCache(maxsize=CACHE_ENTRIES)
         self._warned: LRUCache[Hashable, bool] = LRUCache(maxsize=CACHE_ENTRIES)
-        self._flights = _SingleFlight()
+        self._flights = SingleFlight()
         self._stale_served = 0
         self._errors_cached = 0
 
