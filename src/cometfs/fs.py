@@ -1,4 +1,6 @@
-"""pyfuse3 adapter: the only importer of pyfuse3 and the one place errors become errno.
+"""pyfuse3 adapter: the FUSE operations and the one place errors become errno.
+
+With mount.py (which starts and ends pyfuse3.main) the only module that imports pyfuse3.
 
 Runs on the trio thread inside pyfuse3.main(). Each handler is a few lines over the Tree
 and the AssetReader. A handler never lets anything but FUSEError escape, because any other

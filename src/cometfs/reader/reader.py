@@ -209,7 +209,9 @@ class AssetReader:
     async def wait_idle(self) -> None:
         """Wait until no background work (loads, readahead, streams, disk writes) is running.
 
-        For tests, and for an unmount that wants queued disk writes finished before leaving.
+        For tests, which check caches and counters once the work behind a read has settled.
+        Unmount does not wait: leaving the reader cancels background work and drops the
+        disk writes still queued (those blocks are fetched again next time).
         """
         while self._busy:
             await self._idle.wait()

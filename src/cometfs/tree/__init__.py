@@ -3,10 +3,11 @@
 Runs on the trio thread and knows nothing of FUSE or HTTP. Split along its seams:
 nodes (node types and the inode table), layout (what the root, workspace and artifact
 levels contain), version (a version's assets and `.comet/` files), render (the JSON
-documents as plain functions) and facade (the `Tree` that fs.py and the Engine use).
+documents as plain functions of model objects) and facade (the `Tree` that fs.py and the
+Engine use). This package re-exports what those callers need.
 """
 
-from cometfs.tree.facade import IMMUTABLE_TIMEOUT, Tree
+from cometfs.tree.facade import Tree
 from cometfs.tree.nodes import (
     ROOT_INODE,
     AssetFile,
@@ -16,11 +17,9 @@ from cometfs.tree.nodes import (
     Symlink,
     VirtualFile,
 )
-from cometfs.tree.render import logged_artifact, logged_asset, render_json, split_versions
 from cometfs.tree.version import META_DIR
 
 __all__ = [
-    "IMMUTABLE_TIMEOUT",
     "META_DIR",
     "ROOT_INODE",
     "AssetFile",
@@ -30,8 +29,4 @@ __all__ = [
     "Symlink",
     "Tree",
     "VirtualFile",
-    "logged_artifact",
-    "logged_asset",
-    "render_json",
-    "split_versions",
 ]
