@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disk cache directory (default: $XDG_CACHE_HOME/cometfs/<server hash>)")
     m.add_argument("--cache-size", type=parse_size, default=parse_size("10G"), metavar="SIZE",
                    help="disk cache bound, LRU eviction, e.g. 512M or 50G (default: 10G)")
-    m.add_argument("--metadata-ttl", type=_non_negative_float, default=30.0, metavar="SECONDS",
+    m.add_argument("--metadata-ttl", type=_non_negative_float, default=DEFAULT_METADATA_TTL, metavar="SECONDS",
                    help="how long lists of artifacts, versions, aliases and tags are trusted "
                         "(default: 30)")
     m.add_argument("--timeout", type=_non_negative_float, default=20.0, metavar="SECONDS",
