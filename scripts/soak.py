@@ -11,7 +11,8 @@ What it does (everything on loopback, in a temporary directory it deletes afterw
    `*=503@0.02;get-asset=reset-mid@0.01`) and mounts it;
 3. runs `--readers` threads for `--seconds`: sequential whole-file reads (sha256 of the
    file), random preads, mmap slices and small whole files, each compared with the bytes of
-   the blob the server sends (read from the store directly);
+   the blob the server sends (read from the store directly); half the sequential and random
+   readers use O_DIRECT, so the page cache cannot absorb the load;
 4. samples the mount process's RSS and open fds every second;
 5. unmounts, then mounts and unmounts `--cycles` times (one read each), checking that no
    mount and no process is left and that fds and RSS per mount do not grow.
@@ -166,28 +167,37 @@ def expected(src: Source, offset: int, size: int) -> bytes:
         return os.pread(f.fileno(), size, offset)
 
 
-def read_whole(src: Source, tally: Tally) -> None:
+def read_whole(src: Source, tally: Tally, *, direct: bool = False) -> None:
+    """Read a file start to end; with `direct`, through O_DIRECT so the mount answers every
+    read (the page cache would otherwise serve most rereads of a small working set)."""
     sha = hashlib.sha256()
     n = 0
-    with open(src.path, "rb", buffering=0) as f:
-        while chunk := f.read(MIB):
-            sha.update(chunk)
-            n += len(chunk)
+    fd = os.open(src.path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+    try:
+        with mmap.mmap(-1, MIB) as buf:  # page-aligned, as O_DIRECT wants
+            while got := os.preadv(fd, [buf], n):
+                sha.update(buf[:got])
+                n += got
+    finally:
+        os.close(fd)
     if n != src.size or sha.hexdigest() != src.sha256:
         tally.mismatch(f"whole {src.path}: {n} bytes, sha256 {sha.hexdigest()[:12]}")
-    tally.ok("sequential" if src.size > MIB else "small", n)
+    tally.ok(("sequential" if src.size > MIB else "small") + ("-direct" if direct else ""), n)
 
 
-def read_random(src: Source, rng: random.Random, tally: Tally) -> None:
-    fd = os.open(src.path, os.O_RDONLY)
+def read_random(src: Source, rng: random.Random, tally: Tally, *, direct: bool = False
+                ) -> None:
+    fd = os.open(src.path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
     try:
-        for _ in range(16):
-            size = rng.choice((4096, 65536, 300_000))
-            offset = rng.randrange(0, max(1, src.size - size))
-            got = os.pread(fd, size, offset)
-            if got != expected(src, offset, size):
-                tally.mismatch(f"pread {src.path} [{offset}, +{size})")
-            tally.ok("random", len(got))
+        with mmap.mmap(-1, 1 << 18) as buf:
+            for _ in range(16):
+                size = rng.choice((4096, 65536, 1 << 18))
+                # O_DIRECT wants offsets aligned to the page size.
+                offset = rng.randrange(0, max(1, src.size - size)) & ~4095
+                n = os.preadv(fd, [memoryview(buf)[:size]], offset)
+                if buf[:n] != expected(src, offset, size):
+                    tally.mismatch(f"pread {src.path} [{offset}, +{size})")
+                tally.ok("random-direct" if direct else "random", n)
     finally:
         os.close(fd)
 
@@ -206,13 +216,15 @@ def read_mmap(src: Source, rng: random.Random, tally: Tally) -> None:
 def reader(index: int, big: list[Source], small: list[Source], stop: threading.Event,
            tally: Tally) -> None:
     rng = random.Random(index)
+    # Half the sequential and random readers use O_DIRECT, half go through the page cache.
+    direct = (index // 4) % 2 == 0
     while not stop.is_set():
         kind = ("sequential", "random", "mmap", "small")[index % 4]
         try:
             if kind == "sequential":
-                read_whole(rng.choice(big), tally)
+                read_whole(rng.choice(big), tally, direct=direct)
             elif kind == "random":
-                read_random(rng.choice(big), rng, tally)
+                read_random(rng.choice(big), rng, tally, direct=direct)
             elif kind == "mmap":
                 read_mmap(rng.choice(big), rng, tally)
             else:
