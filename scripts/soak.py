@@ -287,6 +287,7 @@ def soak(args: argparse.Namespace, workdir: Path, env: dict[str, str], cleanup: 
     fds_end = fd_count(pid)
     vm_hwm = proc_memory_kib(pid)["VmHWM"] / 1024
     mount.stop()
+    log_text = mount.log_file.read_text(errors="replace") if mount.log_file.exists() else ""
     peak_rss = max([s["rss_mib"] for s in samples], default=rss_start)
     return {
         "seconds": round(elapsed, 1),
@@ -304,6 +305,8 @@ def soak(args: argparse.Namespace, workdir: Path, env: dict[str, str], cleanup: 
                                                  default=fds_start), "end": fds_end},
         "mount_status": {"cache": status.get("cache"), "metadata": status.get("metadata")},
         "mount_log_problems": len(mount.problems),
+        # Evidence the faults fired: the client logs each retry it makes at INFO.
+        "client_retries": sum(" retry " in line for line in log_text.splitlines()),
         "samples": samples,
     }
 
