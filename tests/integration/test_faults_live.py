@@ -304,3 +304,19 @@ def test_a_reader_process_sees_every_fault_kind_and_no_wrong_byte(store, make_se
     got = {Path(line.split()[1]).name: line.split()[0] for line in result.stdout.splitlines()}
     for name, digest in got.items():
         assert digest == sha(files[name])
+
+
+@pytest.mark.parametrize("kind", ["reset-mid", "short"])
+def test_a_stream_broken_mid_body_is_restarted_for_its_readers(store, make_server,
+                                                               mount_factory, kind):
+    data = payload(6 * MIB + 5, 12)
+    add(store, "data", {"probe.bin": b"p" * 5000, "a.bin": data})
+    server = make_server(store=store, ranges=False)
+    mount = mount_factory(server, expect_warnings=True)
+    version = mount.path / WS / "data" / "1.0.0"
+    # The first read teaches the mount that this server ignores Range: it streams from now on.
+    assert read_direct(version / "probe.bin") == b"p" * 5000
+    server.faults.add(parse_faults(f"get-asset={kind}*1").rules[0])
+    assert read_direct(version / "a.bin", 5 * MIB, MIB) == data[5 * MIB:6 * MIB]
+    assert sha(read_direct(version / "a.bin")) == sha(data)
+    assert server.faults.rules[0].fired == 1
