@@ -8,7 +8,7 @@ DEMO_DIR := .demo
 DEMO_PORT ?= 18777
 MNT := mnt
 
-.PHONY: sysdeps venv unit test lint demo demo-stop bench bench-deps clean
+.PHONY: sysdeps venv unit test lint demo demo-stop bench bench-deps soak clean
 
 sysdeps:
 	@if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null; then \
@@ -51,6 +51,11 @@ bench-deps:
 # Writes docs/benchmarks.md, bench-results/latest.json and bench-results/ratios.png.
 bench: venv bench-deps
 	PYTHONPATH=src $(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+# 32 readers for 150 s under faults, every byte checked, then 50 mount/unmount cycles;
+# writes bench-results/soak.json (SOAK_ARGS=--seconds 60 for a shorter run).
+soak: venv
+	PYTHONPATH=src $(BIN)/python scripts/soak.py $(SOAK_ARGS)
 
 clean: demo-stop
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cometfs import __version__
-from cometfs.config import resolve
+from cometfs.config import DEFAULT_METADATA_TTL, resolve
 from cometfs.errors import CometFSError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
@@ -65,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disk cache directory (default: $XDG_CACHE_HOME/cometfs/<server hash>)")
     m.add_argument("--cache-size", type=parse_size, default=parse_size("10G"), metavar="SIZE",
                    help="disk cache bound, LRU eviction, e.g. 512M or 50G (default: 10G)")
-    m.add_argument("--metadata-ttl", type=_non_negative_float, default=DEFAULT_METADATA_TTL, metavar="SECONDS",
+    m.add_argument("--metadata-ttl", type=_non_negative_float, default=DEFAULT_METADATA_TTL,
+                   metavar="SECONDS",
                    help="how long lists of artifacts, versions, aliases and tags are trusted "
-                        "(default: 30)")
+                        "(default: %(default)g)")
     m.add_argument("--timeout", type=_non_negative_float, default=20.0, metavar="SECONDS",
                    help="total deadline of one server request, retries included; a read "
                         "waiting longer fails with EIO (default: %(default)s)")

@@ -64,7 +64,9 @@ def _fuse_errors(
             raise pyfuse3.FUSEError(errno.EIO) from None
         except CometFSError as exc:
             code = errno_for(exc)
-            if code != errno.ENOENT:
+            if code == errno.EACCES:
+                self._warn_refused(handler.__name__, exc)
+            elif code != errno.ENOENT:
                 log.warning("%s failed: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(code) from None
         except Exception:
@@ -110,6 +112,16 @@ class CometFS(pyfuse3.Operations):
         self._guard = guard or Guard(deadline=float("inf"))
         self._handles: dict[int, _Open] = {}
         self._next_fh = itertools.count(1)
+        self._refused_logged = False
+
+    def _warn_refused(self, handler: str, exc: Exception) -> None:
+        # A revoked key fails every request alike: one warning says it, a warning per
+        # request would flood the log of a mount left running for days.
+        if self._refused_logged:
+            log.debug("%s failed: %s", handler, exc)
+            return
+        self._refused_logged = True
+        log.warning("%s failed: %s (logged once; later refusals are at DEBUG)", handler, exc)
 
     # -- helpers -----------------------------------------------------------------------------
 

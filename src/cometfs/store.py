@@ -11,7 +11,9 @@ every lookup: NotFound for the metadata TTL (200 stats of a missing name cost on
 any other error for ERROR_TTL. When an expired listing cannot be refreshed because of an
 outage (TransientError, ProtocolError, RateLimited, an ApiError with a 5xx status), the
 stale copy is served instead (stale-if-error), logged once per listing and counted in
-stats(); NotFound and Unauthorized are answers, not outages, and are never masked.
+stats(); once a refresh has failed so, a lookup waits at most STALE_GRACE for the next one
+(which runs on in its own task) before the stale copy answers it. NotFound and
+Unauthorized are answers, not outages, and are never masked.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ERROR_TTL = 2.0
+# Once a refresh of a listing has failed for an outage, later refreshes run on in their own
+# task and a lookup waits at most this long for one before it is answered from the stale
+# copy: otherwise every lookup past the error TTL would block for a whole --timeout.
+STALE_GRACE = 0.25
 CACHE_ENTRIES = 4096
 # Threads for range reads (the reader's default parallel fetches match it); the client's
 # connection pool keeps at least this many plus the metadata and stream threads.
@@ -181,6 +187,12 @@ class Store:
                 log.info("listing %r refreshed again", key[0])
             return result
 
+        if entry is not _MISSING and error.error is not None and is_outage(error.error):
+            with trio.move_on_after(STALE_GRACE):
+                refreshed: T = await self._flights.run(key, compute)
+                return refreshed
+            waited: T = self._serve_stale(key, entry, error.error)
+            return waited
         shared: T = await self._flights.run(key, compute)
         return shared
 

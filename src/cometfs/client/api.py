@@ -12,7 +12,10 @@ things it does and remember it in `byte_mode`:
 
 Every call has a total deadline (`timeout`, retries and backoff included; see http.py).
 When one answer carries a whole asset and an ETag that is a SHA-256 digest (the local
-server's is), the bytes are checked against it and a mismatch is a StaleError.
+server's is), the bytes are checked against it and a mismatch is a StaleError. The first
+SHA-256 ETag seen for an asset is remembered (`_etags`): a later answer with another one
+is a StaleError too, so bytes changed under the same asset id are never mixed with
+blocks read before the change.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 from urllib.parse import quote, urljoin
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from cometfs.client import parse
 from cometfs.client.buffers import Buffer
@@ -54,6 +57,7 @@ ASSET = Endpoint.GET_ASSET  # experiment/asset/get-asset
 BLOB = Endpoint.BLOB  # a redirect target of get-asset, counted apart from the API endpoints
 # Signed blob URLs expire; reuse one only briefly, then ask get-asset again.
 BLOB_URL_TTL = 300.0
+ETAG_PINS = 16384
 # Answers that mean "this blob URL no longer works", not "this asset does not exist".
 _BLOB_GONE = frozenset({403, 404, 410})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -97,10 +101,12 @@ class CometClient:
             pool_size=pool_size,
         )
         self._mode: ByteMode = "unknown"
-        self._lock = threading.Lock()  # guards _mode and _blob_urls (TTLCache is not thread-safe)
+        self._lock = threading.Lock()  # guards _mode, _blob_urls, _etags (not thread-safe)
         self._blob_urls: TTLCache[tuple[str, str], str] = TTLCache(
             maxsize=4096, ttl=BLOB_URL_TTL, timer=clock
         )
+        # Bounded: a forgotten pin only loses the check for an asset not read for a while.
+        self._etags: LRUCache[tuple[str, str], str] = LRUCache(maxsize=ETAG_PINS)
 
     def __repr__(self) -> str:
         return f"<CometClient {self._root} byte_mode={self._mode}>"
@@ -252,6 +258,7 @@ class CometClient:
             size = declared if declared is not None else expected_size
             chunks = self._http.iter_body(response, chunk_size, size, what, self._timeout)
             digest = sha256_etag(response)
+            self._pin_etag((asset_id, version_id), digest, what)
             yield chunks if digest is None else self._checked(chunks, digest, what)
         finally:
             self._http.release(response)
@@ -315,7 +322,7 @@ class CometClient:
         if blob_url is not None:
             response = self._http.get(BLOB, blob_url, what, deadline, headers=headers, auth=False)
             if response.status not in _BLOB_GONE:
-                return self._take_range(response, start, end, expected_size, what, deadline)
+                return self._take_range(response, key, start, end, expected_size, what, deadline)
             self._http.discard(response, deadline)
             log.debug("%s: blob URL answered %d, resolving it again", what, response.status)
             with self._lock:
@@ -324,7 +331,7 @@ class CometClient:
         response = self._open_asset(
             asset_id, version_id, headers, what, deadline, allow301=allow301
         )
-        return self._take_range(response, start, end, expected_size, what, deadline)
+        return self._take_range(response, key, start, end, expected_size, what, deadline)
 
     def _open_asset(
         self,
@@ -366,6 +373,7 @@ class CometClient:
     def _take_range(
         self,
         response: Response,
+        key: tuple[str, str],
         start: int,
         end: int,
         expected_size: int | None,
@@ -375,6 +383,7 @@ class CometClient:
         """Check an answer to a Range request and read exactly [start, end) from it."""
         self._http.check_status(response, what, deadline)
         try:
+            self._pin_etag(key, sha256_etag(response), what)
             whole = False
             if response.status == 206:
                 first, stop, total = parse.parse_content_range(
@@ -407,6 +416,17 @@ class CometClient:
         if digest is not None and hashlib.sha256(data).hexdigest() != digest:
             raise StaleError(f"{what}: the body does not match its SHA-256 ETag")
         return data
+
+    def _pin_etag(self, key: tuple[str, str], digest: str | None, what: str) -> None:
+        """Remember an asset's first SHA-256 ETag; StaleError when a later one differs."""
+        if digest is None:
+            return
+        with self._lock:
+            pinned = self._etags.get(key)
+            if pinned is None:
+                self._etags[key] = digest
+        if pinned is not None and pinned != digest:
+            raise StaleError(f"{what}: the asset's bytes changed since it was first read (ETag)")
 
     def _detect(self, mode: ByteMode) -> None:
         """Record what get-asset does; "stream" overrides anything, the rest only "unknown"."""

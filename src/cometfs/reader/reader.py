@@ -98,6 +98,7 @@ _COUNTERS = (
     "streams",
     "bytes_streamed",
     "stream_errors",
+    "streams_cut",
     "disk_errors",
     "memory_waits",
     "files_prefetched",

@@ -1,8 +1,9 @@
 """Stream mode: serve pieces from whole-asset downloads, for servers that ignore Range.
 
 Runs on the trio thread; disk writes go to worker threads. The AssetReader hands a
-StreamLoader the slots it cannot fetch by range (`load`); each asset is streamed whole, once
-at a time, cut into blocks as the bytes arrive (chunks that line up with blocks are used as
+StreamLoader the slots it cannot fetch by range (`load`); each asset is streamed from its
+start, once at a time, up to _STREAM_AHEAD bytes past the furthest block a reader waits for,
+cut into blocks as the bytes arrive (chunks that line up with blocks are used as
 they are, others copied once into the block's buffer); every block lands in the caches and
 wakes its waiters at once. A chunk slot waits for its block and is cut from it.
 
@@ -35,6 +36,10 @@ _STREAM_DISK_QUEUE = 8
 # Reserved per running stream, in blocks: the partial block being assembled plus the chunks
 # the source has received ahead of the sink (the store queues two and its worker holds one).
 _STREAM_ALLOWANCE = 4
+# A stream goes on at most this many bytes past the furthest block a reader waited on from
+# it (sequential readers keep extending that), then stops: in stream mode a read costs the
+# bytes up to it plus this readahead, not the whole asset.
+_STREAM_AHEAD = 8 << 20
 
 _DiskItem = tuple[int, memoryview, "Slot | None"]
 Spawn = Callable[..., None]
@@ -54,6 +59,8 @@ class _Stream:
     overlong: bool = False  # the body did not match the listed size: drop what landed
     scope: trio.CancelScope | None = None
     disk_queue: trio.MemorySendChannel[_DiskItem] | None = None
+    furthest: int = -1  # the furthest block a reader has waited on from this stream
+    cut: bool = False  # stopped early: no reader waited on anything near its position
 
 
 class StreamLoader:
@@ -123,12 +130,14 @@ class StreamLoader:
         for index, slot in slots.items():
             if slot.done:
                 continue
-            if stream is not None and stream.error is None and index >= stream.position:
+            if (stream is not None and stream.error is None and not stream.cut
+                    and index >= stream.position):
                 stream.waiting[index] = slot
+                stream.furthest = max(stream.furthest, index)
             else:
                 behind[index] = slot
         if behind:
-            stream = _Stream(key, waiting=behind)
+            stream = _Stream(key, waiting=behind, furthest=max(behind))
             self._streams[key] = stream
             self._spawn(self._run, stream)
 
@@ -175,7 +184,7 @@ class StreamLoader:
         except Exception as exc:
             if stream.error is None:
                 stream.error = exc
-        if stream.error is None and stream.received < key.size:
+        if stream.error is None and not stream.cut and stream.received < key.size:
             stream.error = ProtocolError(
                 f"stream of asset {key.asset_id} ended after {stream.received} of "
                 f"{key.size} bytes"
@@ -188,7 +197,7 @@ class StreamLoader:
         copy); otherwise its bytes are copied once into the partial block's own buffer,
         which then becomes the block."""
         key = stream.key
-        if stream.error is not None:
+        if stream.error is not None or stream.cut:
             return
         view = memoryview(chunk).toreadonly()
         if stream.received + len(view) > key.size:
@@ -221,6 +230,15 @@ class StreamLoader:
             index = stream.position
             stream.position += 1
             await self._land(stream, index, block)
+            ahead = max(1, _STREAM_AHEAD // self._block_size)
+            if not stream.waiting and stream.position > stream.furthest + ahead:
+                # A random reader far into an asset would otherwise make the mount download
+                # all of it, once per read behind the running stream.
+                stream.cut = True
+                self._counts["streams_cut"] += 1
+                if stream.scope is not None:
+                    stream.scope.cancel()
+                return
 
     async def _land(self, stream: _Stream, index: int, data: memoryview) -> None:
         """A streamed block is complete: wake its waiters, cache it, queue its disk write.
