@@ -9,6 +9,7 @@ the mount answers. SIGINT and SIGTERM end pyfuse3.main and unmount.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -41,6 +42,7 @@ from cometfs.readpath import default_cache_dir as default_cache_dir  # cli.py im
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
+_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 # The total deadline of one server request, retries included (`--timeout`).
 DEFAULT_TIMEOUT = 20.0
 # A FUSE request may wait this much longer than one server request (a read can wait for a
@@ -169,7 +171,19 @@ def _status(
     return status
 
 
+def _limit_malloc_arenas() -> None:
+    """Best effort, glibc only: at most two malloc arenas for the mount process.
+
+    glibc gives busy threads arenas of their own (up to 8 per core), and each keeps the
+    memory its thread freed. With 32 fetch threads landing 1 MiB bodies, that kept the
+    soak's RSS near 370 MiB while the reader's buffers stayed inside their 128 MiB budget.
+    Called before any worker thread exists."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 2)
+
+
 async def _run(options: MountOptions, client: CometClient, ready: Callable[[], None]) -> None:
+    _limit_malloc_arenas()
     mounted_at = time.time()
     graph = build_read_path(
         client, options.cache_dir, options.cache_size,
