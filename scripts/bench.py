@@ -80,6 +80,7 @@ from benchlib import (
     watchdog,
 )
 from cometfs.server import ArtifactStore, AssetSource, VersionSpec
+from cometfs.testing import write_random_file
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
@@ -185,24 +186,17 @@ class Bench:
         def add(name: str, sources: list[AssetSource]) -> None:
             store.add_version(VersionSpec(WS, name, sources, version=VERSION))
 
-        def big_file(path: Path, size: int, *, repeat: bool) -> None:
-            block = os.urandom(4 * MiB)
-            with open(path, "wb") as f:
-                for off in range(0, size, 4 * MiB):
-                    n = min(4 * MiB, size - off)
-                    f.write(block[:n] if repeat else os.urandom(n))
-
         per_dir = 100
         add("small", [AssetSource(f"d{i // per_dir:02d}/f{i:04d}.bin",
                                   data=rng.randbytes(rng.randint(4 << 10, 64 << 10)))
                       for i in range(sz.small_files)])
         path = src / "big.bin"
-        big_file(path, sz.big_mib * MiB, repeat=False)
+        write_random_file(path, sz.big_mib * MiB, repeat=False)
         add("big", [AssetSource("big.bin", path=path)])
         path.unlink()
         if sz.huge_mib:
             path = src / "huge.bin"
-            big_file(path, sz.huge_mib * MiB, repeat=True)
+            write_random_file(path, sz.huge_mib * MiB, repeat=True)
             add("huge", [AssetSource("huge.bin", path=path)])
             path.unlink()
         if sz.version_files:

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchlib import PYTHON, Cleanup, is_mounted, pid_alive, wait_until
+from benchlib import PYTHON, Cleanup, pid_alive
+from cometfs.testing import is_mounted, wait_until
 
 HERE = Path(__file__).resolve().parent
 

@@ -10,10 +10,10 @@ goal reached (1.0 = exactly met), green when met, red when missed, grey for rows
 from __future__ import annotations
 
 import math
-import struct
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from cometfs.server.demo import png_encode
 
 
 @dataclass
@@ -151,16 +151,7 @@ class Canvas:
             x += 4 * scale
 
     def png(self) -> bytes:
-        raw = b"".join(b"\0" + bytes(self.px[y * self.w * 3 : (y + 1) * self.w * 3])
-                       for y in range(self.h))
-
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            return (struct.pack(">I", len(data)) + kind + data
-                    + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-        header = struct.pack(">IIBBBBB", self.w, self.h, 8, 2, 0, 0, 0)
-        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+        return png_encode(self.w, self.h, self.px, channels=3)
 
 
 def chart(results: list[Result], cap: float = 3.0) -> bytes:

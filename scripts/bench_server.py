@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -22,19 +21,10 @@ from pathlib import Path
 import requests
 
 from cometfs.server import ApiKey, ArtifactStore, AssetSource, CometServer, VersionSpec
+from cometfs.testing import write_random_file
 
 KEY = "bench-key"
 CHUNK = 4 << 20
-
-
-def make_asset(path: Path, size: int) -> None:
-    block = os.urandom(CHUNK)
-    with open(path, "wb") as f:
-        left = size
-        while left > 0:
-            n = min(left, CHUNK)
-            f.write(block[:n])
-            left -= n
 
 
 def stream(session: requests.Session, url: str, params: dict[str, str] | None,
@@ -64,7 +54,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="cometfs-bench-") as tmp:
         src = Path(tmp) / "asset.bin"
-        make_asset(src, size)
+        write_random_file(src, size, repeat=True, chunk=CHUNK)
         store = ArtifactStore(Path(tmp) / "store")
         t0 = time.perf_counter()
         store.add_version(VersionSpec("bench", "big", [AssetSource("asset.bin", path=src)]))

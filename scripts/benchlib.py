@@ -32,8 +32,9 @@ from typing import Any
 
 import requests
 
+from cometfs.testing import CLI, log_problems, mount_pid, unmount, wait_until
+
 PYTHON = sys.executable
-CLI = [PYTHON, "-m", "cometfs.cli"]
 ASSET_ENDPOINTS = ("get-asset", "blob")
 MODES = ("range", "stream", "redirect")
 
@@ -52,15 +53,6 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(pct / 100 * len(ordered)))
     return float(ordered[rank - 1])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def drop_page_cache() -> bool:
@@ -120,13 +112,6 @@ def stop_pid(pid: int, grace: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         wait_until(lambda: not pid_alive(pid), wait)
-
-
-def is_mounted(path: Path) -> bool:
-    try:
-        return os.path.ismount(path)
-    except OSError:  # ENOTCONN: a FUSE mount whose process died is still a mount
-        return True
 
 
 class Cleanup:
@@ -356,28 +341,12 @@ class MountProc:
         result = subprocess.run(argv, env=self.env, capture_output=True, text=True,
                                 timeout=90, check=False)
         self.mounted = True
-        self.pid = self._find_pid()
+        self.pid = mount_pid(self.path)
         if result.returncode != 0:
             raise RuntimeError(f"mount failed ({result.returncode}): {result.stderr.strip()}")
         if self.pid is None:
             raise RuntimeError(f"mounted {self.path} but found no mount process")
         return self
-
-    def _find_pid(self) -> int | None:
-        """The daemon whose argv is `... -m cometfs.cli mount <path> ...` (what pgrep -f sees)."""
-        want = ["cometfs.cli", "mount", str(self.path)]
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                    argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
-            except OSError:
-                continue
-            for i in range(len(argv) - 2):
-                if argv[i : i + 3] == want:
-                    return int(entry.name)
-        return None
 
     def memory_kib(self) -> dict[str, int]:
         assert self.pid is not None
@@ -414,12 +383,7 @@ class MountProc:
 
     def _stop(self) -> None:
         if self.mounted:
-            result = subprocess.run([*CLI, "unmount", str(self.path)], env=self.env,
-                                    capture_output=True, text=True, timeout=60, check=False)
-            if result.returncode != 0:
-                subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False,
-                               capture_output=True, timeout=30)
-            wait_until(lambda: not is_mounted(self.path), 20)
+            unmount(self.path, self.env)
             self.mounted = False
         if self.pid is not None:
             pid = self.pid
@@ -427,11 +391,7 @@ class MountProc:
                 stop_pid(pid)
         if self.discard_cache:
             shutil.rmtree(self.cache_dir, ignore_errors=True)
-        if self.log_file.exists():
-            self.problems = [
-                line for line in self.log_file.read_text(errors="replace").splitlines()
-                if " WARNING " in line or " ERROR " in line or " CRITICAL " in line
-            ]
+        self.problems = log_problems(self.log_file)
 
 
 @contextlib.contextmanager

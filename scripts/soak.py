@@ -45,8 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchlib import CLI, Cleanup, MountProc, is_mounted, pid_alive, proc_memory_kib, stop_pid
+from benchlib import Cleanup, MountProc, pid_alive, proc_memory_kib, stop_pid
 from cometfs.server import ArtifactStore, AssetSource, VersionSpec
+from cometfs.testing import CLI, is_mounted
 
 MIB = 1 << 20
 API_KEY = "soak-key-0123456789abcdef"

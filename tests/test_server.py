@@ -28,6 +28,7 @@ from cometfs.server import (
     parse_faults,
 )
 from cometfs.server.app import parse_range
+from cometfs.testing import wait_until
 
 REST = "/api/rest/v2/"
 BLOB = random.Random(42).randbytes(1 << 20)
@@ -560,9 +561,7 @@ def test_request_log(world: World, make_server: Callable[..., CometServer], api_
     assert log.count(status=401) == 1 and log.count("artifacts/version", 200) == 1
     # The file holds the same entries, one JSON object per line. A line is written when its
     # handler finishes, which may be after the client has its answer, and in any order.
-    deadline = time.monotonic() + 10
-    while len(log_path.read_text().splitlines()) < len(log) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(log_path.read_text().splitlines()) >= len(log), 10, 0.01)
     lines = log_path.read_text().splitlines()
     assert sorted(json.loads(line)["endpoint"] for line in lines) == sorted(
         e["endpoint"] for e in log)

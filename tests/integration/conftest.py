@@ -10,15 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "cometfs.cli"]
+from cometfs.testing import CLI, log_problems, mount_pid, unmount
 
 
 def fuse_usable() -> str | None:
@@ -64,35 +62,18 @@ class Mount:
     def stop(self) -> None:
         if not self.mounted:
             return
-        result = subprocess.run(
-            [*CLI, "unmount", str(self.path)], env=self.env,
-            capture_output=True, text=True, timeout=60, check=False,
-        )
-        if result.returncode != 0:
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False,
-                           capture_output=True, timeout=30)
         self.mounted = False
-        _wait_unmounted(self.path)
+        if not unmount(self.path, self.env):
+            raise AssertionError(f"{self.path} still mounted after unmounting")
+
+    def pid(self) -> int:
+        """The pid of this mount's daemon (a test failure if it is not running)."""
+        pid = mount_pid(self.path)
+        assert pid is not None, f"no mount process for {self.path}"
+        return pid
 
     def log_problems(self) -> list[str]:
-        if not self.log_file.exists():
-            return []
-        return [
-            line for line in self.log_file.read_text(errors="replace").splitlines()
-            if " WARNING " in line or " ERROR " in line or " CRITICAL " in line
-        ]
-
-
-def _wait_unmounted(path: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if not os.path.ismount(path):
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{path} still mounted after {timeout}s")
+        return log_problems(self.log_file)
 
 
 @pytest.fixture

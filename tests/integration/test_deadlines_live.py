@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from cometfs.server import ArtifactStore, AssetSource, VersionSpec, parse_faults
-
-from .conftest import CLI, _wait_unmounted
-from .test_live import mount_pid, wait_for
+from cometfs.testing import CLI, wait_for, wait_unmounted
 
 pytestmark = pytest.mark.fuse
 
@@ -80,9 +78,9 @@ def test_sighup_unmounts_cleanly(store, make_server, mount_factory):
     add(store, "data", {"a.txt": b"a"})
     server = make_server(store=store)
     mount = mount_factory(server)
-    pid = mount_pid(mount)
+    pid = mount.pid()
     os.kill(pid, signal.SIGHUP)
-    _wait_unmounted(mount.path)
+    wait_unmounted(mount.path)
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 20, "the mount process to exit")
     assert os.listdir(mount.path) == []
     mount.mounted = False

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from cometfs.server import ArtifactStore, AssetSource, VersionSpec, parse_faults
+from cometfs.testing import wait_for
 
 from .test_deadlines_live import start_and_kill
-from .test_live import wait_for
 
 pytestmark = pytest.mark.fuse
 

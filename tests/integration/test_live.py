@@ -8,41 +8,22 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cometfs.server import ApiKey, ArtifactStore, AssetSource, VersionSpec, parse_faults
-
-from .conftest import CLI, Mount, _wait_unmounted
+from cometfs.testing import CLI, wait_for, wait_unmounted
 
 pytestmark = pytest.mark.fuse
 
 WS = "live-ws"
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def add(store: ArtifactStore, name: str, files: dict[str, bytes], **kwargs: object) -> str:
     return store.add_version(VersionSpec(
         WS, name, [AssetSource(p, data=d) for p, d in files.items()], **kwargs  # type: ignore[arg-type]
     ))
-
-
-def mount_pid(mount: Mount) -> int:
-    out = subprocess.run(["pgrep", "-f", f"cometfs.cli mount {mount.path}"],
-                         capture_output=True, text=True).stdout.split()
-    assert len(out) == 1, out
-    return int(out[0])
 
 
 def test_new_version_and_moved_alias_visible_within_ttl(store, make_server, mount_factory):
@@ -152,11 +133,11 @@ def test_sigterm_unmounts_cleanly(store, make_server, mount_factory):
     add(store, "data", {"a.txt": b"a"}, version="1.0.0")
     server = make_server(store=store)
     mount = mount_factory(server)
-    pid = mount_pid(mount)
+    pid = mount.pid()
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     assert b"COMET" not in cmdline and b"test-key" not in cmdline
     os.kill(pid, signal.SIGTERM)
-    _wait_unmounted(mount.path)
+    wait_unmounted(mount.path)
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 20, "the mount process to exit")
     mount.mounted = False
 
@@ -165,14 +146,14 @@ def test_unmount_clears_a_killed_mount(store, make_server, mount_factory):
     add(store, "data", {"a.txt": b"a"}, version="1.0.0")
     server = make_server(store=store)
     mount = mount_factory(server)
-    os.kill(mount_pid(mount), signal.SIGKILL)
+    os.kill(mount.pid(), signal.SIGKILL)
     with pytest.raises(OSError) as caught:
         os.listdir(mount.path)
     assert caught.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     result = subprocess.run([*CLI, "unmount", str(mount.path)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    _wait_unmounted(mount.path)
+    wait_unmounted(mount.path)
     assert os.listdir(mount.path) == []
     mount.mounted = False
 

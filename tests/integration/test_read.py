@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from cometfs.server import CometServer
+from cometfs.testing import wait_until
 
 from .conftest import Mount
 from .data import ART, KEY, REMOTE, WS, Dataset, start_world
@@ -125,9 +126,7 @@ def test_df_works_and_kernel_readahead_is_raised(mounted) -> None:
         return  # only root may change a mount's readahead; others keep the default
     st = os.stat(mounted.path)
     setting = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
-    deadline = time.monotonic() + 10
-    while setting.read_text().strip() != "1024" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: setting.read_text().strip() == "1024", 10)
     assert setting.read_text().strip() == "1024"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,8 +13,9 @@ import pytest
 
 import cometfs
 from cometfs.server import CometServer
+from cometfs.testing import CLI, wait_for, wait_unmounted
 
-from .conftest import CLI, Mount, _wait_unmounted
+from .conftest import Mount
 from .data import ART, KEY, WS, Dataset, start_world
 
 pytestmark = pytest.mark.fuse
@@ -74,7 +74,7 @@ def test_mount_refuses_a_non_empty_directory_unless_allowed(world, tmp_path) -> 
     finally:
         if os.path.ismount(target):
             run("unmount", str(target), env=env)
-            _wait_unmounted(target)
+            wait_unmounted(target)
     assert (target / "mine.txt").read_text() == "keep me"
 
 
@@ -84,10 +84,8 @@ def test_dead_mount_suggests_unmount_and_unmount_clears_it(
     mount = mount_factory(server)
     pid = status_json(mount)["pid"]
     os.kill(pid, 9)
-    deadline = time.monotonic() + 20
-    while _answers(mount.path):
-        assert time.monotonic() < deadline, "the mount still answers after its process died"
-        time.sleep(0.05)
+    wait_for(lambda: not _answers(mount.path), 20, "the mount to stop answering once its "
+             "process died")
     result = run("mount", str(mount.path), "--server-url", server.url, env=mount.env)
     assert result.returncode == 1
     assert f"cometfs unmount {mount.path}" in result.stderr
@@ -95,7 +93,7 @@ def test_dead_mount_suggests_unmount_and_unmount_clears_it(
     assert result.returncode == 0, result.stderr
     assert "dead mount" in result.stderr
     mount.mounted = False
-    _wait_unmounted(mount.path)
+    wait_unmounted(mount.path)
 
 
 def _answers(path: Path) -> bool:
@@ -120,7 +118,7 @@ def test_unmount_of_a_busy_mount_refuses_then_detaches_lazily(
         assert result.returncode == 0, result.stderr
         assert "detached lazily" in result.stderr
         mount.mounted = False
-        _wait_unmounted(mount.path)
+        wait_unmounted(mount.path)
     finally:
         holder.kill()
         holder.wait()
