@@ -34,8 +34,11 @@ def main() -> int:
     artifact.download(str(args.dest))
     seconds = time.perf_counter() - t0
     files = [p for p in args.dest.rglob("*") if p.is_file()]
-    print(json.dumps({"seconds": seconds, "files": len(files),
-                      "bytes": sum(p.stat().st_size for p in files)}))
+    print(
+        json.dumps(
+            {"seconds": seconds, "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+        )
+    )
     return 0
 
 

@@ -178,23 +178,39 @@ class ServerProc:
         self.log_path.write_text("")
         stderr = open(self.workdir / f"server-{self.tag}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [PYTHON, str(Path(__file__).resolve()), "serve", "--store", str(self.store),
-             "--mode", self.mode, "--request-log", str(self.log_path),
-             "--latency", str(self.latency)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=self.env,
+            [
+                PYTHON,
+                str(Path(__file__).resolve()),
+                "serve",
+                "--store",
+                str(self.store),
+                "--mode",
+                self.mode,
+                "--request-log",
+                str(self.log_path),
+                "--latency",
+                str(self.latency),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=self.env,
         )
         stderr.close()
         self._undo = self.cleanup.add(f"server {self.mode}", self._stop)
         assert self.proc.stdout is not None
         ready: list[bytes] = []
-        reader = threading.Thread(target=lambda: ready.append(self.proc.stdout.readline()),
-                                  daemon=True)
+        reader = threading.Thread(
+            target=lambda: ready.append(self.proc.stdout.readline()), daemon=True
+        )
         reader.start()
         reader.join(60)
         line = ready[0].decode().strip() if ready else ""
         if not line.startswith("http://127.0.0.1:"):
-            raise RuntimeError(f"server ({self.tag}) did not start: {line!r}; see "
-                               f"{self.workdir}/server-{self.tag}.log")
+            raise RuntimeError(
+                f"server ({self.tag}) did not start: {line!r}; see "
+                f"{self.workdir}/server-{self.tag}.log"
+            )
         self.url = line
         if not wait_until(self._alive, 30, 0.1):
             raise RuntimeError(f"server ({self.mode}) at {self.url} does not answer isAlive")
@@ -237,8 +253,9 @@ class ServerProc:
     def mark(self) -> int:
         return self.log_path.stat().st_size
 
-    def entries_since(self, mark: int, settle: float = 0.15, timeout: float = 5.0
-                      ) -> list[dict[str, Any]]:
+    def entries_since(
+        self, mark: int, settle: float = 0.15, timeout: float = 5.0
+    ) -> list[dict[str, Any]]:
         """Entries logged after `mark`, once the log has stopped growing for `settle` s."""
         deadline = time.monotonic() + timeout
         size, since = self.log_path.stat().st_size, time.monotonic()
@@ -280,11 +297,16 @@ def serve_main(argv: Sequence[str]) -> int:
     ap.add_argument("--store", type=Path, required=True)
     ap.add_argument("--mode", choices=MODES, required=True)
     ap.add_argument("--request-log", type=Path, required=True)
-    ap.add_argument("--latency", type=float, default=0.0,
-                    help="seconds to add to every request (a delay fault on every endpoint)")
+    ap.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds to add to every request (a delay fault on every endpoint)",
+    )
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())  # the parent handles Ctrl-C
@@ -295,9 +317,12 @@ def serve_main(argv: Sequence[str]) -> int:
         stop.set()
 
     server = CometServer(
-        ArtifactStore(args.store), api_keys=[ApiKey(os.environ["COMET_API_KEY"], None)],
-        ranges=args.mode != "stream", redirect=args.mode == "redirect",
-        request_log_path=args.request_log, request_log_max=100_000,
+        ArtifactStore(args.store),
+        api_keys=[ApiKey(os.environ["COMET_API_KEY"], None)],
+        ranges=args.mode != "stream",
+        redirect=args.mode == "redirect",
+        request_log_path=args.request_log,
+        request_log_max=100_000,
         faults=parse_faults(f"*=delay:{args.latency}") if args.latency else FaultPlan(),
     )
     server.start()
@@ -333,13 +358,25 @@ class MountProc:
 
     def start(self) -> MountProc:
         self.path.mkdir(parents=True, exist_ok=True)
-        argv = [*CLI, "mount", str(self.path), "--server-url", self.server_url,
-                "--cache-dir", str(self.cache_dir), "--log-file", str(self.log_file),
-                "--log-level", "INFO", *self.extra_args]
+        argv = [
+            *CLI,
+            "mount",
+            str(self.path),
+            "--server-url",
+            self.server_url,
+            "--cache-dir",
+            str(self.cache_dir),
+            "--log-file",
+            str(self.log_file),
+            "--log-level",
+            "INFO",
+            *self.extra_args,
+        ]
         # Registered before the attempt, so a half-started mount is cleaned up too.
         self._undo = self.cleanup.add(f"mount {self.path}", self._stop)
-        result = subprocess.run(argv, env=self.env, capture_output=True, text=True,
-                                timeout=90, check=False)
+        result = subprocess.run(
+            argv, env=self.env, capture_output=True, text=True, timeout=90, check=False
+        )
         self.mounted = True
         self.pid = mount_pid(self.path)
         if result.returncode != 0:
@@ -395,8 +432,9 @@ class MountProc:
 
 
 @contextlib.contextmanager
-def watchdog(seconds: float, mounts: Callable[[], Sequence[MountProc]], what: str
-             ) -> Iterator[None]:
+def watchdog(
+    seconds: float, mounts: Callable[[], Sequence[MountProc]], what: str
+) -> Iterator[None]:
     """Bound a phase that reads through FUSE: past `seconds`, kill the mount processes, which
     makes every blocked read fail (ENOTCONN) instead of hanging the benchmark."""
     fired: list[bool] = []
@@ -425,12 +463,21 @@ def watchdog(seconds: float, mounts: Callable[[], Sequence[MountProc]], what: st
 
 
 def asset_params(asset_id: str, version_id: str, *, allow301: bool) -> dict[str, str]:
-    return {"assetId": asset_id, "allow301": str(allow301), "experimentKey": "",
-            "artifactVersionId": version_id}
+    return {
+        "assetId": asset_id,
+        "allow301": str(allow301),
+        "experimentKey": "",
+        "artifactVersionId": version_id,
+    }
 
 
-def download(session: requests.Session, url: str, params: dict[str, str],
-             headers: dict[str, str], chunk: int = 1 << 20) -> int:
+def download(
+    session: requests.Session,
+    url: str,
+    params: dict[str, str],
+    headers: dict[str, str],
+    chunk: int = 1 << 20,
+) -> int:
     """Stream one asset (redirects followed) and return its byte count."""
     total = 0
     with session.get(url, params=params, headers=headers, stream=True, timeout=(5, 120)) as r:

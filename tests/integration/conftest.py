@@ -52,8 +52,12 @@ class Mount:
 
     def start(self) -> None:
         result = subprocess.run(
-            [*CLI, "mount", str(self.path), *self.args], env=self.env,
-            capture_output=True, text=True, timeout=90, check=False,
+            [*CLI, "mount", str(self.path), *self.args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
         )
         if result.returncode != 0:
             raise AssertionError(f"mount failed ({result.returncode}): {result.stderr.strip()}")
@@ -77,14 +81,17 @@ class Mount:
 
 
 @pytest.fixture
-def mount_factory(
-    tmp_path: Path, api_key: str
-) -> Iterator[Callable[..., Mount]]:
+def mount_factory(tmp_path: Path, api_key: str) -> Iterator[Callable[..., Mount]]:
     """mount_factory(server, *extra_args, expect_warnings=False) -> a started Mount."""
     mounts: list[Mount] = []
 
-    def make(server: object, *extra: str, expect_warnings: bool = False,
-             cache_dir: Path | None = None, key: str | None = None) -> Mount:
+    def make(
+        server: object,
+        *extra: str,
+        expect_warnings: bool = False,
+        cache_dir: Path | None = None,
+        key: str | None = None,
+    ) -> Mount:
         index = len(mounts)
         path = tmp_path / f"mnt{index}"
         path.mkdir()
@@ -92,8 +99,17 @@ def mount_factory(
         cache = cache_dir or tmp_path / f"cache{index}"
         env = {**os.environ, "COMET_API_KEY": key or api_key, "HOME": str(tmp_path)}
         env.pop("COMET_URL_OVERRIDE", None)
-        args = ["--server-url", server.url, "--cache-dir", str(cache),
-                "--log-file", str(log_file), "--log-level", "INFO", *extra]
+        args = [
+            "--server-url",
+            server.url,
+            "--cache-dir",
+            str(cache),
+            "--log-file",
+            str(log_file),
+            "--log-level",
+            "INFO",
+            *extra,
+        ]
         mount = Mount(path, log_file, cache, args, env, expect_warnings)
         mounts.append(mount)
         mount.start()
@@ -108,6 +124,7 @@ def mount_factory(
             if not mount.expect_warnings:
                 problems += mount.log_problems()
             if mount.log_file.exists() and mount.env["COMET_API_KEY"] in mount.log_file.read_text(
-                    errors="replace"):
+                errors="replace"
+            ):
                 problems.append(f"the API key appears in {mount.log_file}")
         assert not problems, "unexpected WARNING/ERROR in the mount log:\n" + "\n".join(problems)

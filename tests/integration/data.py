@@ -63,16 +63,31 @@ def build(store: ArtifactStore, tmp: Path) -> Dataset:
     def sources(files: dict[str, bytes]) -> list[AssetSource]:
         return [AssetSource(path, data=data) for path, data in files.items()]
 
-    store.add_version(VersionSpec(
-        WS, ART, [*sources(v1), AssetSource("big.bin", path=big_file)], version="1.0.0",
-        aliases=["production"], tags=["vision", "demo"], version_tags=["first"],
-        metadata={"epochs": 3, "source": "unit"}, remotes=dict([REMOTE]),
-    ))
-    store.add_version(VersionSpec(
-        WS, ART, [*sources(v2), AssetSource("big.bin", path=big_file)], version="2.0.0",
-        aliases=["staging"], version_tags=["second", "candidate"],
-        metadata={"epochs": 5}, remotes=dict([REMOTE]),
-    ))
+    store.add_version(
+        VersionSpec(
+            WS,
+            ART,
+            [*sources(v1), AssetSource("big.bin", path=big_file)],
+            version="1.0.0",
+            aliases=["production"],
+            tags=["vision", "demo"],
+            version_tags=["first"],
+            metadata={"epochs": 3, "source": "unit"},
+            remotes=dict([REMOTE]),
+        )
+    )
+    store.add_version(
+        VersionSpec(
+            WS,
+            ART,
+            [*sources(v2), AssetSource("big.bin", path=big_file)],
+            version="2.0.0",
+            aliases=["staging"],
+            version_tags=["second", "candidate"],
+            metadata={"epochs": 5},
+            remotes=dict([REMOTE]),
+        )
+    )
     big_file.unlink()
     v1["big.bin"] = v2["big.bin"] = big
     return Dataset(v1, v2, hashlib.sha256(big).hexdigest())
