@@ -847,7 +847,7 @@ class Bench:
                     r = local.s.get(
                         url, headers={**self.auth, "Range": f"bytes={off}-{off + 4095}"}, timeout=60
                     )
-                    return r.content
+                    return bytes(r.content)
 
                 return run_reads(read, threads)
 

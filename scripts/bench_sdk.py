@@ -28,7 +28,7 @@ def main() -> int:
     os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
     import comet_ml
 
-    api = comet_ml.API(cache=False)
+    api = comet_ml.API(cache=False)  # type: ignore[no-untyped-call]
     artifact = api.get_artifact(args.workspace, args.name, version=args.version)
     t0 = time.perf_counter()
     artifact.download(str(args.dest))

@@ -198,11 +198,10 @@ class ServerProc:
         )
         stderr.close()
         self._undo = self.cleanup.add(f"server {self.mode}", self._stop)
-        assert self.proc.stdout is not None
+        stdout = self.proc.stdout
+        assert stdout is not None
         ready: list[bytes] = []
-        reader = threading.Thread(
-            target=lambda: ready.append(self.proc.stdout.readline()), daemon=True
-        )
+        reader = threading.Thread(target=lambda: ready.append(stdout.readline()), daemon=True)
         reader.start()
         reader.join(60)
         line = ready[0].decode().strip() if ready else ""
