@@ -27,6 +27,7 @@ venv: sysdeps $(STAMP)
 
 lint: venv
 	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 
 unit: lint

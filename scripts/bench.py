@@ -80,6 +80,7 @@ from benchlib import (
     watchdog,
 )
 from cometfs.server import ArtifactStore, AssetSource, VersionSpec
+from cometfs.testing import write_random_file
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
@@ -131,8 +132,12 @@ class Asset:
 
 
 def stats(values: Sequence[float]) -> dict[str, Any]:
-    return {"median": median(values), "min": min(values, default=float("nan")),
-            "max": max(values, default=float("nan")), "samples": list(values)}
+    return {
+        "median": median(values),
+        "min": min(values, default=float("nan")),
+        "max": max(values, default=float("nan")),
+        "samples": list(values),
+    }
 
 
 def spread(values: Sequence[float], unit: str) -> str:
@@ -142,8 +147,9 @@ def spread(values: Sequence[float], unit: str) -> str:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, sizes: Sizes, work: Path,
-                 cleanup: Cleanup) -> None:
+    def __init__(
+        self, args: argparse.Namespace, sizes: Sizes, work: Path, cleanup: Cleanup
+    ) -> None:
         self.args = args
         self.sz = sizes
         self.work = work
@@ -151,8 +157,12 @@ class Bench:
         self.key = secrets.token_hex(16)
         home = work / "home"
         home.mkdir()
-        self.env = {**os.environ, "COMET_API_KEY": self.key, "HOME": str(home),
-                    "COMET_ERROR_TRACKING_ENABLE": "false"}
+        self.env = {
+            **os.environ,
+            "COMET_API_KEY": self.key,
+            "HOME": str(home),
+            "COMET_ERROR_TRACKING_ENABLE": "false",
+        }
         for name in ("COMET_URL_OVERRIDE", "COMET_CONFIG", "COMET_WORKSPACE", "COMET_INI"):
             self.env.pop(name, None)
         self.auth = {"Authorization": self.key}
@@ -167,8 +177,7 @@ class Bench:
         self.proxy: DelayProxy | None = None
         if self.peers:
             docroot = work / "www"
-            link_tree({a.rel: a.blob for group in self.assets.values() for a in group},
-                      docroot)
+            link_tree({a.rel: a.blob for group in self.assets.values() for a in group}, docroot)
             self.nginx = Nginx(docroot, work / "nginx", cleanup).start()
             self.proxy = DelayProxy(self.nginx.port, LATENCY, work, cleanup).start()
 
@@ -185,41 +194,60 @@ class Bench:
         def add(name: str, sources: list[AssetSource]) -> None:
             store.add_version(VersionSpec(WS, name, sources, version=VERSION))
 
-        def big_file(path: Path, size: int, *, repeat: bool) -> None:
-            block = os.urandom(4 * MiB)
-            with open(path, "wb") as f:
-                for off in range(0, size, 4 * MiB):
-                    n = min(4 * MiB, size - off)
-                    f.write(block[:n] if repeat else os.urandom(n))
-
         per_dir = 100
-        add("small", [AssetSource(f"d{i // per_dir:02d}/f{i:04d}.bin",
-                                  data=rng.randbytes(rng.randint(4 << 10, 64 << 10)))
-                      for i in range(sz.small_files)])
+        add(
+            "small",
+            [
+                AssetSource(
+                    f"d{i // per_dir:02d}/f{i:04d}.bin",
+                    data=rng.randbytes(rng.randint(4 << 10, 64 << 10)),
+                )
+                for i in range(sz.small_files)
+            ],
+        )
         path = src / "big.bin"
-        big_file(path, sz.big_mib * MiB, repeat=False)
+        write_random_file(path, sz.big_mib * MiB, repeat=False)
         add("big", [AssetSource("big.bin", path=path)])
         path.unlink()
         if sz.huge_mib:
             path = src / "huge.bin"
-            big_file(path, sz.huge_mib * MiB, repeat=True)
+            write_random_file(path, sz.huge_mib * MiB, repeat=True)
             add("huge", [AssetSource("huge.bin", path=path)])
             path.unlink()
         if sz.version_files:
             block = os.urandom(5 * MiB)
-            add("version", [AssetSource(f"part-{i:03d}.bin",
-                                        data=block[i % MiB : i % MiB + 5 * MiB // 2])
-                            for i in range(sz.version_files)])
+            add(
+                "version",
+                [
+                    AssetSource(f"part-{i:03d}.bin", data=block[i % MiB : i % MiB + 5 * MiB // 2])
+                    for i in range(sz.version_files)
+                ],
+            )
         if sz.meta_files:
-            add("many", [AssetSource(f"d{i // 100:03d}/a{i:05d}.txt", data=b"%d\n" % i)
-                         for i in range(sz.meta_files)])
+            add(
+                "many",
+                [
+                    AssetSource(f"d{i // 100:03d}/a{i:05d}.txt", data=b"%d\n" % i)
+                    for i in range(sz.meta_files)
+                ],
+            )
         snap = store.snapshot()
         for name, art in snap.artifacts[WS].items():
             ver = art.versions[0]
             self.assets[name] = sorted(
-                (Asset(f"{name}/{a.file_name}", a.file_name, a.asset_id, ver.version_id,
-                       a.file_size, snap.blob_path(a.sha256 or "")) for a in ver.assets),
-                key=lambda a: a.logical)
+                (
+                    Asset(
+                        f"{name}/{a.file_name}",
+                        a.file_name,
+                        a.asset_id,
+                        ver.version_id,
+                        a.file_size,
+                        snap.blob_path(a.sha256 or ""),
+                    )
+                    for a in ver.assets
+                ),
+                key=lambda a: a.logical,
+            )
         log(f"store built in {time.perf_counter() - t0:.0f}s")
 
     # -- contenders ----------------------------------------------------------------------------
@@ -227,8 +255,8 @@ class Bench:
     def server(self, mode: str, latency: float = 0.0) -> ServerProc:
         if (mode, latency) not in self.servers:
             self.servers[(mode, latency)] = ServerProc(
-                self.work / "store", mode, self.work, self.env, self.cleanup,
-                latency=latency).start()
+                self.work / "store", mode, self.work, self.env, self.cleanup, latency=latency
+            ).start()
         return self.servers[(mode, latency)]
 
     def _next(self) -> int:
@@ -236,13 +264,20 @@ class Bench:
         return self.n
 
     @contextlib.contextmanager
-    def cometfs(self, mode: str = "range", latency: float = 0.0,
-                cache_dir: Path | None = None) -> Iterator[MountProc]:
+    def cometfs(
+        self, mode: str = "range", latency: float = 0.0, cache_dir: Path | None = None
+    ) -> Iterator[MountProc]:
         """A fresh mount (fresh cache dir unless given), page cache dropped once it is up."""
         n = self._next()
-        m = MountProc(self.work / f"mnt{n}", self.server(mode, latency).url,
-                      cache_dir or self.work / f"cache{n}", self.work / f"mount{n}.log",
-                      self.env, self.cleanup, discard_cache=cache_dir is None)
+        m = MountProc(
+            self.work / f"mnt{n}",
+            self.server(mode, latency).url,
+            cache_dir or self.work / f"cache{n}",
+            self.work / f"mount{n}.log",
+            self.env,
+            self.cleanup,
+            discard_cache=cache_dir is None,
+        )
         self.mounts.append(m)
         try:
             m.start()
@@ -253,13 +288,20 @@ class Bench:
             m.stop()
 
     @contextlib.contextmanager
-    def rclone(self, full: bool = False, latency: bool = False,
-               cache_dir: Path | None = None) -> Iterator[RcloneMount]:
+    def rclone(
+        self, full: bool = False, latency: bool = False, cache_dir: Path | None = None
+    ) -> Iterator[RcloneMount]:
         assert self.nginx is not None and self.proxy is not None
         n = self._next()
         cache = cache_dir or self.work / f"rcache{n}"
-        r = RcloneMount(self.work / f"rmnt{n}", self.proxy.url if latency else self.nginx.url,
-                        cache, self.work / f"rclone{n}.log", self.cleanup, full_cache=full)
+        r = RcloneMount(
+            self.work / f"rmnt{n}",
+            self.proxy.url if latency else self.nginx.url,
+            cache,
+            self.work / f"rclone{n}.log",
+            self.cleanup,
+            full_cache=full,
+        )
         try:
             r.start()
             drop_page_cache()
@@ -287,8 +329,12 @@ class Bench:
             shift = rep % len(names)
             for name in names[shift:] + names[:shift]:
                 out[name].append(contenders[name]())
-            log(f"  repeat {rep + 1}/{self.sz.repeat}: " + ", ".join(
-                f"{k} {v[-1]:.3g}" if isinstance(v[-1], float) else k for k, v in out.items()))
+            log(
+                f"  repeat {rep + 1}/{self.sz.repeat}: "
+                + ", ".join(
+                    f"{k} {v[-1]:.3g}" if isinstance(v[-1], float) else k for k, v in out.items()
+                )
+            )
         return out
 
     def add(self, r: Result) -> None:
@@ -330,8 +376,13 @@ class Bench:
     @staticmethod
     def cat_all(root: Path, files: Sequence[Asset]) -> float:
         t0 = time.perf_counter()
-        subprocess.run(["cat", *[a.logical for a in files]], cwd=root, check=True,
-                       stdout=subprocess.DEVNULL, timeout=PHASE_TIMEOUT)
+        subprocess.run(
+            ["cat", *[a.logical for a in files]],
+            cwd=root,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=PHASE_TIMEOUT,
+        )
         return time.perf_counter() - t0
 
     def cp_r(self, root: Path) -> float:
@@ -367,8 +418,7 @@ class Bench:
             with self.cometfs() as m:
                 return n / self.cp_r(self.cometfs_root(m, "small"))
 
-        cfg = curl_config(self.work / "small.curl", self.auth,
-                          [self.asset_url(a) for a in files])
+        cfg = curl_config(self.work / "small.curl", self.auth, [self.asset_url(a) for a in files])
 
         def curl8() -> float:
             drop_page_cache()
@@ -385,8 +435,12 @@ class Bench:
             def get(a: Asset) -> None:
                 if not hasattr(local, "s"):
                     local.s = requests.Session()
-                r = local.s.get(self.url("range"), params=asset_params(
-                    a.asset_id, a.version_id, allow301=False), headers=self.auth, timeout=60)
+                r = local.s.get(
+                    self.url("range"),
+                    params=asset_params(a.asset_id, a.version_id, allow301=False),
+                    headers=self.auth,
+                    timeout=60,
+                )
                 if r.status_code != 200 or len(r.content) != a.size:
                     raise RuntimeError(f"direct GET {a.logical}: {r.status_code}")
 
@@ -396,7 +450,10 @@ class Bench:
             return n / (time.perf_counter() - t0)
 
         contenders: dict[str, Callable[[], Any]] = {
-            "cometfs 8": mount8, "curl 8": curl8, "requests 8": requests8}
+            "cometfs 8": mount8,
+            "curl 8": curl8,
+            "requests 8": requests8,
+        }
         if self.peers:
             contenders |= {"cometfs cat": mount_cat, "cometfs cp": mount_cp, "curl 1": curl1}
 
@@ -412,37 +469,62 @@ class Bench:
                 with self.rclone() as r:
                     return n / self.cp_r(r.path / "small")
 
-            contenders |= {"rclone 8": rclone8, "rclone cat": rclone_cat,
-                           "rclone cp": rclone_cp}
+            contenders |= {"rclone 8": rclone8, "rclone cat": rclone_cat, "rclone cp": rclone_cp}
         s = self.interleave(contenders)
         med = {k: median(v) for k, v in s.items()}
         what = f"{n} small files ({total / MiB:.0f} MiB, 4–64 KiB) cold"
         direct_best = max(("curl 8", "requests 8"), key=lambda k: med[k])
-        req_note = (f"cometfs server requests per cold pass: {reqs[-1]['total']} "
-                    f"({reqs[-1]['by_endpoint']})")
+        req_note = (
+            f"cometfs server requests per cold pass: {reqs[-1]['total']} "
+            f"({reqs[-1]['by_endpoint']})"
+        )
         if self.peers:
-            self.add(Result("small8_rclone", f"{what}, 8 reader threads", med["cometfs 8"],
-                            "files/s", "rclone mount (default)", med["rclone 8"],
-                            goal_text="≥ 1.0× rclone",
-                            notes=f"spread cometfs {spread(s['cometfs 8'], 'files/s')}, "
-                            f"rclone {spread(s['rclone 8'], 'files/s')}; {req_note}",
-                            samples=self._samples(s, "cometfs 8", "rclone 8")))
-        self.add(Result("small8_direct", f"{what}, 8 reader threads", med["cometfs 8"],
-                        "files/s", f"direct parallel GETs ({direct_best})", med[direct_best],
-                        goal=0.6, goal_text="≥ 0.6× direct parallel GETs",
-                        notes=f"curl --parallel-max 8: {med['curl 8']:.0f} files/s, requests "
-                        f"with 8 threads: {med['requests 8']:.0f} files/s; the faster is the "
-                        "peer",
-                        samples=self._samples(s, "cometfs 8", "curl 8", "requests 8")))
+            self.add(
+                Result(
+                    "small8_rclone",
+                    f"{what}, 8 reader threads",
+                    med["cometfs 8"],
+                    "files/s",
+                    "rclone mount (default)",
+                    med["rclone 8"],
+                    goal_text="≥ 1.0× rclone",
+                    notes=f"spread cometfs {spread(s['cometfs 8'], 'files/s')}, "
+                    f"rclone {spread(s['rclone 8'], 'files/s')}; {req_note}",
+                    samples=self._samples(s, "cometfs 8", "rclone 8"),
+                )
+            )
+        self.add(
+            Result(
+                "small8_direct",
+                f"{what}, 8 reader threads",
+                med["cometfs 8"],
+                "files/s",
+                f"direct parallel GETs ({direct_best})",
+                med[direct_best],
+                goal=0.6,
+                goal_text="≥ 0.6× direct parallel GETs",
+                notes=f"curl --parallel-max 8: {med['curl 8']:.0f} files/s, requests "
+                f"with 8 threads: {med['requests 8']:.0f} files/s; the faster is the "
+                "peer",
+                samples=self._samples(s, "cometfs 8", "curl 8", "requests 8"),
+            )
+        )
         if self.peers:
             for tool in ("cat", "cp"):
                 label = "`cat` all" if tool == "cat" else "`cp -r`"
-                self.add(Result(f"small1_{tool}_rclone", f"{what}, one reader ({label})",
-                                med[f"cometfs {tool}"], "files/s", "rclone mount (default)",
-                                med[f"rclone {tool}"], goal_text="≥ 1.0× rclone",
-                                notes=f"direct sequential curl: {med['curl 1']:.0f} files/s",
-                                samples=self._samples(s, f"cometfs {tool}",
-                                                      f"rclone {tool}", "curl 1")))
+                self.add(
+                    Result(
+                        f"small1_{tool}_rclone",
+                        f"{what}, one reader ({label})",
+                        med[f"cometfs {tool}"],
+                        "files/s",
+                        "rclone mount (default)",
+                        med[f"rclone {tool}"],
+                        goal_text="≥ 1.0× rclone",
+                        notes=f"direct sequential curl: {med['curl 1']:.0f} files/s",
+                        samples=self._samples(s, f"cometfs {tool}", f"rclone {tool}", "curl 1"),
+                    )
+                )
 
     @staticmethod
     def _samples(s: dict[str, list[Any]], *names: str) -> dict[str, Any]:
@@ -466,8 +548,15 @@ class Bench:
             dest = self.work / f"sdk{self._next()}"
             drop_page_cache()
             try:
-                out = sdk_download(self.env, self.server("range", LATENCY).url, WS, "small",
-                                   VERSION, dest, self.work / "sdk.log")
+                out = sdk_download(
+                    self.env,
+                    self.server("range", LATENCY).url,
+                    WS,
+                    "small",
+                    VERSION,
+                    dest,
+                    self.work / "sdk.log",
+                )
             finally:
                 shutil.rmtree(dest, ignore_errors=True)
             if out["files"] != n:
@@ -477,16 +566,34 @@ class Bench:
         s = self.interleave({"cometfs 8": mount8, "rclone 8": rclone8, "sdk": sdk})
         med = {k: median(v) for k, v in s.items()}
         what = f"{n} small files cold, 8 readers, +25 ms per request"
-        self.add(Result("lat8_rclone", what, med["cometfs 8"], "files/s",
-                        "rclone mount (default) via a 25 ms proxy", med["rclone 8"], goal=2.0,
-                        goal_text="≥ 2× rclone",
-                        notes="cometfs: delay fault of 25 ms on every server endpoint; rclone: "
-                        "a TCP proxy holding each request 25 ms in front of nginx",
-                        samples=self._samples(s, "cometfs 8", "rclone 8")))
-        self.add(Result("lat8_sdk", what, med["cometfs 8"], "files/s",
-                        "comet_ml SDK download()", med["sdk"], goal_text="≥ 1.0× SDK",
-                        notes="the SDK figure times download() only (not get_artifact)",
-                        samples=self._samples(s, "cometfs 8", "sdk")))
+        self.add(
+            Result(
+                "lat8_rclone",
+                what,
+                med["cometfs 8"],
+                "files/s",
+                "rclone mount (default) via a 25 ms proxy",
+                med["rclone 8"],
+                goal=2.0,
+                goal_text="≥ 2× rclone",
+                notes="cometfs: delay fault of 25 ms on every server endpoint; rclone: "
+                "a TCP proxy holding each request 25 ms in front of nginx",
+                samples=self._samples(s, "cometfs 8", "rclone 8"),
+            )
+        )
+        self.add(
+            Result(
+                "lat8_sdk",
+                what,
+                med["cometfs 8"],
+                "files/s",
+                "comet_ml SDK download()",
+                med["sdk"],
+                goal_text="≥ 1.0× SDK",
+                notes="the SDK figure times download() only (not get_artifact)",
+                samples=self._samples(s, "cometfs 8", "sdk"),
+            )
+        )
 
     # -- 3. cold sequential, re-read, CPU -------------------------------------------------
 
@@ -508,10 +615,12 @@ class Bench:
         def seq(mode: str) -> Callable[[], float]:
             def run() -> float:
                 with self.cometfs(mode) as m:
-                    mbs, c = self._cold_seq(self.cometfs_root(m, "big") / big.logical, m.pid or 0,
-                                            big.size)
+                    mbs, c = self._cold_seq(
+                        self.cometfs_root(m, "big") / big.logical, m.pid or 0, big.size
+                    )
                 cpu.setdefault(f"cometfs {mode}", []).append(c)
                 return mbs
+
             return run
 
         def cometfs_reread() -> float:
@@ -520,8 +629,9 @@ class Bench:
                 read_sequential(self.cometfs_root(m, "big") / big.logical)
                 m.wait_idle()
             with self.cometfs(cache_dir=warm_dirs["cometfs"]) as m:
-                mbs, _ = self._cold_seq(self.cometfs_root(m, "big") / big.logical, m.pid or 0,
-                                        big.size)
+                mbs, _ = self._cold_seq(
+                    self.cometfs_root(m, "big") / big.logical, m.pid or 0, big.size
+                )
             shutil.rmtree(warm_dirs["cometfs"], ignore_errors=True)
             return mbs
 
@@ -531,6 +641,7 @@ class Bench:
                     mbs, c = self._cold_seq(r.path / big.rel, r.pid, big.size)
                 cpu.setdefault(f"rclone {'full' if full else 'default'}", []).append(c)
                 return mbs
+
             return run
 
         def rclone_reread() -> float:
@@ -543,60 +654,107 @@ class Bench:
             return mbs
 
         def curl(mode: str) -> Callable[[], float]:
-            cfg = curl_config(self.work / f"big-{mode}.curl", self.auth,
-                              [self.asset_url(big, mode)])
+            cfg = curl_config(
+                self.work / f"big-{mode}.curl", self.auth, [self.asset_url(big, mode)]
+            )
 
             def run() -> float:
                 drop_page_cache()
                 return big.size / run_curl(cfg) / 1e6
+
             return run
 
         contenders: dict[str, Callable[[], Any]] = {
-            "cometfs range": seq("range"), "curl range": curl("range"),
-            "cometfs stream": seq("stream"), "curl stream": curl("stream")}
+            "cometfs range": seq("range"),
+            "curl range": curl("range"),
+            "cometfs stream": seq("stream"),
+            "curl stream": curl("stream"),
+        }
         if self.peers:
-            contenders |= {"rclone default": rclone_seq(False), "rclone full": rclone_seq(True),
-                           "cometfs reread": cometfs_reread, "rclone reread": rclone_reread}
+            contenders |= {
+                "rclone default": rclone_seq(False),
+                "rclone full": rclone_seq(True),
+                "cometfs reread": cometfs_reread,
+                "rclone reread": rclone_reread,
+            }
         s = self.interleave(contenders)
         med = {k: median(v) for k, v in s.items()}
         gib = f"{big.size / GiB:.3g} GiB" if big.size >= GiB else f"{big.size // MiB} MiB"
         cpu_note = ", ".join(f"{k} {median(v):.2f}" for k, v in cpu.items())
-        for mode, label, rgoal, dgoal in (("range", "Range server", 1.5, 0.5),
-                                          ("stream", "`--no-range` server", 1.0, 0.0)):
+        for mode, label, rgoal, dgoal in (
+            ("range", "Range server", 1.5, 0.5),
+            ("stream", "`--no-range` server", 1.0, 0.0),
+        ):
             what = f"cold sequential {gib}, {label}"
             if self.peers:
-                self.add(Result(f"seq_{mode}_rclone", what, med[f"cometfs {mode}"], "MB/s",
-                                "rclone mount (default)", med["rclone default"], goal=rgoal,
-                                goal_text=f"≥ {rgoal:g}× rclone",
-                                notes=f"rclone --vfs-cache-mode full: {med['rclone full']:.0f} "
-                                f"MB/s; spread cometfs {spread(s[f'cometfs {mode}'], 'MB/s')}",
-                                samples=self._samples(s, f"cometfs {mode}", "rclone default",
-                                                      "rclone full")))
-            self.add(Result(f"seq_{mode}_direct", what, med[f"cometfs {mode}"], "MB/s",
-                            "direct curl GET", med[f"curl {mode}"], goal=dgoal,
-                            goal_on="ratio" if dgoal else "",
-                            goal_text=f"≥ {dgoal:g}× direct" if dgoal else "",
-                            samples=self._samples(s, f"cometfs {mode}", f"curl {mode}")))
+                self.add(
+                    Result(
+                        f"seq_{mode}_rclone",
+                        what,
+                        med[f"cometfs {mode}"],
+                        "MB/s",
+                        "rclone mount (default)",
+                        med["rclone default"],
+                        goal=rgoal,
+                        goal_text=f"≥ {rgoal:g}× rclone",
+                        notes=f"rclone --vfs-cache-mode full: {med['rclone full']:.0f} "
+                        f"MB/s; spread cometfs {spread(s[f'cometfs {mode}'], 'MB/s')}",
+                        samples=self._samples(
+                            s, f"cometfs {mode}", "rclone default", "rclone full"
+                        ),
+                    )
+                )
+            self.add(
+                Result(
+                    f"seq_{mode}_direct",
+                    what,
+                    med[f"cometfs {mode}"],
+                    "MB/s",
+                    "direct curl GET",
+                    med[f"curl {mode}"],
+                    goal=dgoal,
+                    goal_on="ratio" if dgoal else "",
+                    goal_text=f"≥ {dgoal:g}× direct" if dgoal else "",
+                    samples=self._samples(s, f"cometfs {mode}", f"curl {mode}"),
+                )
+            )
             peer_cpu = cpu.get("rclone default", [])
-            self.add(Result(f"cpu_{mode}", f"CPU of the mount process, {what}",
-                            median(cpu[f"cometfs {mode}"]), "CPU-s/GiB",
-                            "rclone mount (default)" if peer_cpu else "—", median(peer_cpu),
-                            goal_on="", notes=f"from /proc/PID/stat utime+stime: {cpu_note}",
-                            samples={k: stats(v) for k, v in cpu.items()}))
+            self.add(
+                Result(
+                    f"cpu_{mode}",
+                    f"CPU of the mount process, {what}",
+                    median(cpu[f"cometfs {mode}"]),
+                    "CPU-s/GiB",
+                    "rclone mount (default)" if peer_cpu else "—",
+                    median(peer_cpu),
+                    goal_on="",
+                    notes=f"from /proc/PID/stat utime+stime: {cpu_note}",
+                    samples={k: stats(v) for k, v in cpu.items()},
+                )
+            )
         if self.peers:
-            self.add(Result("reread_rclone_full", f"re-read {gib} from the disk cache after "
-                            "remount", med["cometfs reread"], "MB/s",
-                            "rclone --vfs-cache-mode full, remounted", med["rclone reread"],
-                            goal=2.0, goal_text="≥ 2× rclone full",
-                            notes="page cache dropped after the remount; same cache dir",
-                            samples=self._samples(s, "cometfs reread", "rclone reread")))
+            self.add(
+                Result(
+                    "reread_rclone_full",
+                    f"re-read {gib} from the disk cache after remount",
+                    med["cometfs reread"],
+                    "MB/s",
+                    "rclone --vfs-cache-mode full, remounted",
+                    med["rclone reread"],
+                    goal=2.0,
+                    goal_text="≥ 2× rclone full",
+                    notes="page cache dropped after the remount; same cache dir",
+                    samples=self._samples(s, "cometfs reread", "rclone reread"),
+                )
+            )
 
     # -- 4. time to first byte ---------------------------------------------------------------
 
     def bench_ttfb(self) -> None:
         big = self.assets["big"][0]
-        cfg = curl_config(self.work / "ttfb.curl", {**self.auth, "Range": "bytes=0-4095"},
-                          [self.asset_url(big)])
+        cfg = curl_config(
+            self.work / "ttfb.curl", {**self.auth, "Range": "bytes=0-4095"}, [self.asset_url(big)]
+        )
 
         def mount() -> float:
             with self.cometfs() as m:
@@ -618,12 +776,22 @@ class Bench:
             s = self.interleave({"cometfs": mount, "direct": direct})
         finally:
             self.sz.repeat = old
-        self.add(Result("ttfb", "time to first byte, cold (open + 4 KiB read)",
-                        median(s["cometfs"]), "ms", "direct ranged GET (curl, new connection)",
-                        median(s["direct"]), goal_op="<=", goal=3.0, goal_text="≤ 3×",
-                        notes=f"{self.sz.ttfb_samples} samples each; file stat-ed before the "
-                        "timer (listing excluded), curl's time_starttransfer includes connect",
-                        samples=self._samples(s, "cometfs", "direct")))
+        self.add(
+            Result(
+                "ttfb",
+                "time to first byte, cold (open + 4 KiB read)",
+                median(s["cometfs"]),
+                "ms",
+                "direct ranged GET (curl, new connection)",
+                median(s["direct"]),
+                goal_op="<=",
+                goal=3.0,
+                goal_text="≤ 3×",
+                notes=f"{self.sz.ttfb_samples} samples each; file stat-ed before the "
+                "timer (listing excluded), curl's time_starttransfer includes connect",
+                samples=self._samples(s, "cometfs", "direct"),
+            )
+        )
 
     # -- 5. random 4 KiB reads ---------------------------------------------------------------
 
@@ -664,6 +832,7 @@ class Bench:
                     sent = summarize_requests(srv.entries_since(mark))["asset_bytes"]
                     amp.append(sent / (4096 * len(offsets)))
                 return rate
+
             return run
 
         def direct(threads: int) -> Callable[[], float]:
@@ -675,29 +844,56 @@ class Bench:
                 def read(off: int) -> bytes:
                     if not hasattr(local, "s"):
                         local.s = requests.Session()
-                    r = local.s.get(url, headers={**self.auth,
-                                                  "Range": f"bytes={off}-{off + 4095}"},
-                                    timeout=60)
-                    return r.content
+                    r = local.s.get(
+                        url, headers={**self.auth, "Range": f"bytes={off}-{off + 4095}"}, timeout=60
+                    )
+                    return bytes(r.content)
 
                 return run_reads(read, threads)
+
             return run
 
-        s = self.interleave({"cometfs 1": mount(1), "direct 1": direct(1),
-                             "cometfs 8": mount(8), "direct 8": direct(8)})
+        s = self.interleave(
+            {
+                "cometfs 1": mount(1),
+                "direct 1": direct(1),
+                "cometfs 8": mount(8),
+                "direct 8": direct(8),
+            }
+        )
         med = {k: median(v) for k, v in s.items()}
         what = f"{len(offsets)} random 4 KiB reads, cold {big.size // MiB} MiB asset"
         for t in (1, 8):
-            self.add(Result(f"random{t}_direct", f"{what}, {t} thread{'s' if t > 1 else ''}",
-                            med[f"cometfs {t}"], "reads/s", "direct ranged GETs (requests)",
-                            med[f"direct {t}"], goal=0.8, goal_text="≥ 0.8× direct",
-                            samples=self._samples(s, f"cometfs {t}", f"direct {t}")))
-        self.add(Result("random_amplification", f"{what}: bytes fetched per byte read",
-                        median(amp), "B/B", "direct ranged GETs", 1.0, goal_on="figure",
-                        goal_op="<=", goal=16.0, goal_text="≤ 16",
-                        notes="asset bytes the server sent (its request log) / 4 KiB × reads, "
-                        f"median over the 1- and 8-thread runs: {[round(a, 1) for a in amp]}",
-                        samples={"amplification": stats(amp)}))
+            self.add(
+                Result(
+                    f"random{t}_direct",
+                    f"{what}, {t} thread{'s' if t > 1 else ''}",
+                    med[f"cometfs {t}"],
+                    "reads/s",
+                    "direct ranged GETs (requests)",
+                    med[f"direct {t}"],
+                    goal=0.8,
+                    goal_text="≥ 0.8× direct",
+                    samples=self._samples(s, f"cometfs {t}", f"direct {t}"),
+                )
+            )
+        self.add(
+            Result(
+                "random_amplification",
+                f"{what}: bytes fetched per byte read",
+                median(amp),
+                "B/B",
+                "direct ranged GETs",
+                1.0,
+                goal_on="figure",
+                goal_op="<=",
+                goal=16.0,
+                goal_text="≤ 16",
+                notes="asset bytes the server sent (its request log) / 4 KiB × reads, "
+                f"median over the 1- and 8-thread runs: {[round(a, 1) for a in amp]}",
+                samples={"amplification": stats(amp)},
+            )
+        )
 
     # -- 6. peak RSS streaming a large asset -------------------------------------------------
 
@@ -719,11 +915,22 @@ class Bench:
         peaks["rclone"] = p.peak_kib / 1024
         log(f"  rss rclone: {peaks['rclone']:.0f} MiB")
         for mode in ("range", "redirect"):
-            self.add(Result(f"rss_{mode}", f"peak RSS streaming {huge.size / GiB:.3g} GiB cold "
-                            f"({mode} server)", peaks[mode], "MiB", "rclone mount (default)",
-                            peaks["rclone"], goal_on="figure", goal_op="<=", goal=200.0,
-                            goal_text="≤ 200 MiB", notes="VmHWM of the mount process, one run "
-                            "each, default settings", samples={"peaks_mib": peaks}))
+            self.add(
+                Result(
+                    f"rss_{mode}",
+                    f"peak RSS streaming {huge.size / GiB:.3g} GiB cold ({mode} server)",
+                    peaks[mode],
+                    "MiB",
+                    "rclone mount (default)",
+                    peaks["rclone"],
+                    goal_on="figure",
+                    goal_op="<=",
+                    goal=200.0,
+                    goal_text="≤ 200 MiB",
+                    notes="VmHWM of the mount process, one run each, default settings",
+                    samples={"peaks_mib": peaks},
+                )
+            )
 
     # -- 7. cp -r of a version vs the SDK --------------------------------------------------
 
@@ -741,8 +948,15 @@ class Bench:
             dest = self.work / f"sdk{self._next()}"
             drop_page_cache()
             try:
-                out = sdk_download(self.env, self.server("range").url, WS, "version", VERSION,
-                                   dest, self.work / "sdk.log")
+                out = sdk_download(
+                    self.env,
+                    self.server("range").url,
+                    WS,
+                    "version",
+                    VERSION,
+                    dest,
+                    self.work / "sdk.log",
+                )
             finally:
                 shutil.rmtree(dest, ignore_errors=True)
             if out["bytes"] != total:
@@ -750,10 +964,18 @@ class Bench:
             return total / float(out["seconds"]) / 1e6
 
         s = self.interleave({"cometfs cp": mount, "sdk": sdk})
-        self.add(Result("version_sdk", f"`cp -r` of a {len(files)}-file, {total / MiB:.0f} MiB "
-                        "version", median(s["cometfs cp"]), "MB/s", "comet_ml SDK download()",
-                        median(s["sdk"]), goal_text="≥ 1.0× SDK",
-                        samples=self._samples(s, "cometfs cp", "sdk")))
+        self.add(
+            Result(
+                "version_sdk",
+                f"`cp -r` of a {len(files)}-file, {total / MiB:.0f} MiB version",
+                median(s["cometfs cp"]),
+                "MB/s",
+                "comet_ml SDK download()",
+                median(s["sdk"]),
+                goal_text="≥ 1.0× SDK",
+                samples=self._samples(s, "cometfs cp", "sdk"),
+            )
+        )
 
     # -- 8. listing ------------------------------------------------------------------------
 
@@ -768,8 +990,9 @@ class Bench:
 
         def run(tool: str, path: Path) -> float:
             t0 = time.perf_counter()
-            out = subprocess.run([*tools[tool], str(path)], capture_output=True, check=True,
-                                 timeout=PHASE_TIMEOUT).stdout
+            out = subprocess.run(
+                [*tools[tool], str(path)], capture_output=True, check=True, timeout=PHASE_TIMEOUT
+            ).stdout
             secs = time.perf_counter() - t0
             lines = out.count(b"\n")
             if lines < n:
@@ -782,8 +1005,10 @@ class Bench:
                     mark = srv.mark()
                     secs = run(tool, self.cometfs_root(m, "many"))
                     reqs.setdefault(f"cometfs {tool}", []).append(
-                        summarize_requests(srv.entries_since(mark)))
+                        summarize_requests(srv.entries_since(mark))
+                    )
                 return secs
+
             return go
 
         def rclone(tool: str) -> Callable[[], float]:
@@ -792,9 +1017,9 @@ class Bench:
                 with self.rclone() as r:
                     mark = self.nginx.mark()
                     secs = run(tool, r.path / "many")
-                    reqs.setdefault(f"rclone {tool}", []).append(
-                        self.nginx.requests_since(mark))
+                    reqs.setdefault(f"rclone {tool}", []).append(self.nginx.requests_since(mark))
                 return secs
+
             return go
 
         contenders: dict[str, Callable[[], Any]] = {}
@@ -803,25 +1028,49 @@ class Bench:
         s = self.interleave(contenders)
         for tool in tools:
             c, r = reqs[f"cometfs {tool}"][-1], reqs[f"rclone {tool}"][-1]
-            self.add(Result(f"meta_{tool.split()[0]}", f"`{tool}` of {n} assets, cold",
-                            median(s[f"cometfs {tool}"]) * 1e3, "ms", "rclone mount (default)",
-                            median(s[f"rclone {tool}"]) * 1e3, goal_op="<=", goal=1.0,
-                            goal_text="≤ rclone's time",
-                            notes=f"requests: cometfs {c['total']} ({c['by_endpoint']}), "
-                            f"rclone {r['total']} ({r['by_method']})",
-                            samples={**self._samples(s, f"cometfs {tool}", f"rclone {tool}"),
-                                     "requests": {k: v for k, v in reqs.items() if tool in k}}))
-        listing = [q["by_endpoint"].get("artifacts/version/files", 0)
-                   for k, v in reqs.items() if k.startswith("cometfs") for q in v]
-        rclone_total = [q["total"] for k, v in reqs.items() if k.startswith("rclone")
-                        for q in v]
-        self.add(Result("meta_requests", f"file-listing requests for {n} assets, cold",
-                        max(listing), "requests", "rclone (all requests)", median(rclone_total),
-                        goal_on="figure", goal_op="<=", goal=1.0,
-                        goal_text="one listing request",
-                        notes="cometfs: artifacts/version/files requests per cold pass (max); "
-                        "other metadata requests are in the find/ls rows",
-                        samples={"listing_requests": listing, "rclone_requests": rclone_total}))
+            self.add(
+                Result(
+                    f"meta_{tool.split()[0]}",
+                    f"`{tool}` of {n} assets, cold",
+                    median(s[f"cometfs {tool}"]) * 1e3,
+                    "ms",
+                    "rclone mount (default)",
+                    median(s[f"rclone {tool}"]) * 1e3,
+                    goal_op="<=",
+                    goal=1.0,
+                    goal_text="≤ rclone's time",
+                    notes=f"requests: cometfs {c['total']} ({c['by_endpoint']}), "
+                    f"rclone {r['total']} ({r['by_method']})",
+                    samples={
+                        **self._samples(s, f"cometfs {tool}", f"rclone {tool}"),
+                        "requests": {k: v for k, v in reqs.items() if tool in k},
+                    },
+                )
+            )
+        listing = [
+            q["by_endpoint"].get("artifacts/version/files", 0)
+            for k, v in reqs.items()
+            if k.startswith("cometfs")
+            for q in v
+        ]
+        rclone_total = [q["total"] for k, v in reqs.items() if k.startswith("rclone") for q in v]
+        self.add(
+            Result(
+                "meta_requests",
+                f"file-listing requests for {n} assets, cold",
+                max(listing),
+                "requests",
+                "rclone (all requests)",
+                median(rclone_total),
+                goal_on="figure",
+                goal_op="<=",
+                goal=1.0,
+                goal_text="one listing request",
+                notes="cometfs: artifacts/version/files requests per cold pass (max); "
+                "other metadata requests are in the find/ls rows",
+                samples={"listing_requests": listing, "rclone_requests": rclone_total},
+            )
+        )
 
     # -- output --------------------------------------------------------------------------------
 
@@ -831,12 +1080,31 @@ class Bench:
 
 PHASES = ("small", "seq", "ttfb", "random", "latency", "version", "rss", "meta")
 SMOKE_PHASES = ("small", "seq", "ttfb", "random")
-ORDER = ("small8_rclone", "small8_direct", "small1_cat_rclone", "small1_cp_rclone",
-         "lat8_rclone", "lat8_sdk", "seq_range_rclone", "seq_range_direct",
-         "seq_stream_rclone", "seq_stream_direct", "reread_rclone_full", "ttfb",
-         "random1_direct", "random8_direct", "random_amplification", "rss_range",
-         "rss_redirect", "version_sdk", "meta_find", "meta_ls", "meta_requests", "cpu_range",
-         "cpu_stream")
+ORDER = (
+    "small8_rclone",
+    "small8_direct",
+    "small1_cat_rclone",
+    "small1_cp_rclone",
+    "lat8_rclone",
+    "lat8_sdk",
+    "seq_range_rclone",
+    "seq_range_direct",
+    "seq_stream_rclone",
+    "seq_stream_direct",
+    "reread_rclone_full",
+    "ttfb",
+    "random1_direct",
+    "random8_direct",
+    "random_amplification",
+    "rss_range",
+    "rss_redirect",
+    "version_sdk",
+    "meta_find",
+    "meta_ls",
+    "meta_requests",
+    "cpu_range",
+    "cpu_stream",
+)
 
 
 def machine() -> dict[str, Any]:
@@ -846,17 +1114,29 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
-            "python": platform.python_version(),
-            "mem_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "mem_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB,
+    }
 
 
 def git_revision() -> str:
     try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "src"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return rev + ("+dirty-src" if dirty else "")
@@ -866,14 +1146,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="smaller sizes, 2 repeats")
-    mode.add_argument("--smoke", action="store_true",
-                      help="seconds: cometfs vs direct GETs only; docs are not written")
+    mode.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds: cometfs vs direct GETs only; docs are not written",
+    )
     ap.add_argument("--repeat", type=int, help="repeats per measurement (default 3)")
     ap.add_argument("--only", default="", help=f"comma-separated phases: {', '.join(PHASES)}")
     ap.add_argument("--workdir", type=Path, help="parent of the temporary work directory")
     ap.add_argument("--output", type=Path, default=RESULTS / "latest.json")
-    ap.add_argument("--docs", type=Path, default=DOCS,
-                    help="markdown report to write (not with --smoke)")
+    ap.add_argument(
+        "--docs", type=Path, default=DOCS, help="markdown report to write (not with --smoke)"
+    )
     args = ap.parse_args(argv)
     phases = SMOKE_PHASES if args.smoke else PHASES
     only = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -896,8 +1180,9 @@ def check_tools(smoke: bool) -> None:
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         sys.exit("bench: /dev/fuse is missing or not accessible")
     if not drop_page_cache():
-        sys.exit("bench: cannot write /proc/sys/vm/drop_caches (needs root): cold runs "
-                 "would not be cold")
+        sys.exit(
+            "bench: cannot write /proc/sys/vm/drop_caches (needs root): cold runs would not be cold"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -927,16 +1212,26 @@ def main(argv: list[str] | None = None) -> int:
             log(f"== {phase} done in {time.perf_counter() - t0:.0f}s")
         elapsed = time.perf_counter() - started
         results = sorted(bench.results, key=lambda r: ORDER.index(r.key))
-        command = "make bench" if not (args.quick or args.smoke) else (
-            f"python scripts/bench.py {'--quick' if args.quick else '--smoke'}")
+        command = (
+            "make bench"
+            if not (args.quick or args.smoke)
+            else (f"python scripts/bench.py {'--quick' if args.quick else '--smoke'}")
+        )
         meta = {
-            **machine(), "command": command, "git": git_revision(),
+            **machine(),
+            "command": command,
+            "git": git_revision(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "elapsed_s": elapsed, "problems": bench.problems(),
+            "elapsed_s": elapsed,
+            "problems": bench.problems(),
             "peers": "cometfs mount vs direct curl/requests GETs to the same local server"
-            + ("" if args.smoke else "; rclone mount :http: (default and --vfs-cache-mode "
-               "full) over nginx serving hard links of the same blob files; comet_ml SDK "
-               "Artifact.download()"),
+            + (
+                ""
+                if args.smoke
+                else "; rclone mount :http: (default and --vfs-cache-mode "
+                "full) over nginx serving hard links of the same blob files; comet_ml SDK "
+                "Artifact.download()"
+            ),
             "method": f"medians of {sizes.repeat} interleaved repeats (order rotated each "
             "repeat; min/max in the JSON); page cache dropped (sync; echo 3 > drop_caches) "
             "before every cold run of every contender, after its mount is up; fresh cache "

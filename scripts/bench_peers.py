@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchlib import PYTHON, Cleanup, is_mounted, pid_alive, wait_until
+from benchlib import PYTHON, Cleanup, pid_alive
+from cometfs.testing import is_mounted, wait_until
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,8 +60,13 @@ class ChildProc:
 
     def start(self) -> ChildProc:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(list(self.argv), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=self.env)
+            self.proc = subprocess.Popen(
+                list(self.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
         self._undo = self.cleanup.add(self.name, self._stop)
         return self
 
@@ -138,8 +144,13 @@ class Nginx:
         self.access_log = work / "nginx-access.log"
         self.access_log.write_text("")
         # SIGQUIT: graceful shutdown of master and workers.
-        self.child = ChildProc("nginx", ["nginx", "-c", str(conf), "-p", str(work)],
-                               work / "nginx.out", cleanup, stop_signal=signal.SIGQUIT)
+        self.child = ChildProc(
+            "nginx",
+            ["nginx", "-c", str(conf), "-p", str(work)],
+            work / "nginx.out",
+            cleanup,
+            stop_signal=signal.SIGQUIT,
+        )
 
     @property
     def url(self) -> str:
@@ -180,9 +191,19 @@ class DelayProxy:
         self.port = free_port()
         self.child = ChildProc(
             "delay proxy",
-            [PYTHON, str(HERE / "bench_proxy.py"), "--port", str(self.port),
-             "--upstream", str(upstream_port), "--delay", str(delay)],
-            work / f"proxy-{self.port}.log", cleanup)
+            [
+                PYTHON,
+                str(HERE / "bench_proxy.py"),
+                "--port",
+                str(self.port),
+                "--upstream",
+                str(upstream_port),
+                "--delay",
+                str(delay),
+            ],
+            work / f"proxy-{self.port}.log",
+            cleanup,
+        )
 
     @property
     def url(self) -> str:
@@ -225,14 +246,29 @@ class RcloneMount:
 
     def start(self) -> RcloneMount:
         self.path.mkdir(parents=True, exist_ok=True)
-        argv = ["rclone", "mount", ":http:", str(self.path), "--http-url", self.url + "/",
-                "--read-only", "--config", "/dev/null", "--cache-dir", str(self.cache_dir),
-                "--log-file", str(self.log_file), "--log-level", "NOTICE"]
+        argv = [
+            "rclone",
+            "mount",
+            ":http:",
+            str(self.path),
+            "--http-url",
+            self.url + "/",
+            "--read-only",
+            "--config",
+            "/dev/null",
+            "--cache-dir",
+            str(self.cache_dir),
+            "--log-file",
+            str(self.log_file),
+            "--log-level",
+            "NOTICE",
+        ]
         if self.full_cache:
             argv += ["--vfs-cache-mode", "full"]
         self._undo = self.cleanup.add(f"rclone {self.path}", self._stop)
-        child = self.child = ChildProc(f"rclone process {self.path}", argv,
-                                       self.log_file.with_suffix(".out"), self.cleanup).start()
+        child = self.child = ChildProc(
+            f"rclone process {self.path}", argv, self.log_file.with_suffix(".out"), self.cleanup
+        ).start()
         if not wait_until(lambda: is_mounted(self.path) or not child.running(), 30):
             raise RuntimeError(f"rclone did not mount {self.path}")
         if not child.running():
@@ -253,8 +289,12 @@ class RcloneMount:
         if self.child is not None:
             self.child.stop()
         if is_mounted(self.path):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False,
-                           capture_output=True, timeout=30)
+            subprocess.run(
+                ["fusermount3", "-u", "-z", str(self.path)],
+                check=False,
+                capture_output=True,
+                timeout=30,
+            )
         wait_until(lambda: not is_mounted(self.path), 20)
 
 
@@ -284,25 +324,55 @@ def run_curl(config: Path, *, parallel: int = 0, extra: Sequence[str] = ()) -> f
 
 def curl_ttfb(config: Path) -> float:
     """Seconds to the first byte of one request (curl's time_starttransfer)."""
-    out = subprocess.run(["curl", "-sS", "--fail", "-K", str(config), "-w",
-                          "%{time_starttransfer}"], check=True, capture_output=True,
-                         text=True, timeout=60).stdout
+    out = subprocess.run(
+        ["curl", "-sS", "--fail", "-K", str(config), "-w", "%{time_starttransfer}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     return float(out.strip())
 
 
 # ---- the comet_ml SDK ------------------------------------------------------------------------
 
 
-def sdk_download(env: dict[str, str], server_url: str, workspace: str, name: str,
-                 version: str, dest: Path, log: Path) -> dict[str, Any]:
+def sdk_download(
+    env: dict[str, str],
+    server_url: str,
+    workspace: str,
+    name: str,
+    version: str,
+    dest: Path,
+    log: Path,
+) -> dict[str, Any]:
     """Run scripts/bench_sdk.py (Artifact.download()) in a child; it reports its own timing."""
-    child_env = {**env, "COMET_URL_OVERRIDE": f"{server_url}/clientlib/",
-                 "COMET_HTTP_SESSION_RETRY_TOTAL": "0", "COMET_ERROR_TRACKING_ENABLE": "false"}
+    child_env = {
+        **env,
+        "COMET_URL_OVERRIDE": f"{server_url}/clientlib/",
+        "COMET_HTTP_SESSION_RETRY_TOTAL": "0",
+        "COMET_ERROR_TRACKING_ENABLE": "false",
+    }
     with open(log, "ab") as err:
         out = subprocess.run(
-            [PYTHON, str(HERE / "bench_sdk.py"), "--workspace", workspace, "--name", name,
-             "--version", version, "--dest", str(dest)],
-            env=child_env, stdout=subprocess.PIPE, stderr=err, timeout=900, check=False)
+            [
+                PYTHON,
+                str(HERE / "bench_sdk.py"),
+                "--workspace",
+                workspace,
+                "--name",
+                name,
+                "--version",
+                version,
+                "--dest",
+                str(dest),
+            ],
+            env=child_env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            timeout=900,
+            check=False,
+        )
     if out.returncode != 0:
         raise RuntimeError(f"SDK download failed ({out.returncode}); see {log}")
     return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
@@ -343,4 +413,3 @@ class PeakSampler:
     def _run(self) -> None:
         while not self._stop.wait(0.2):
             self._sample()
-

@@ -19,8 +19,9 @@ import signal
 import sys
 
 
-async def pump_delayed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       delay: float) -> None:
+async def pump_delayed(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
+) -> None:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -56,8 +57,9 @@ async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         writer.write_eof()
 
 
-async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
-                 upstream: int, delay: float) -> None:
+async def handle(
+    client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, upstream: int, delay: float
+) -> None:
     try:
         up_r, up_w = await asyncio.open_connection("127.0.0.1", upstream)
     except OSError:
@@ -73,8 +75,9 @@ async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
 
 
 async def serve(port: int, upstream: int, delay: float) -> None:
-    server = await asyncio.start_server(lambda r, w: handle(r, w, upstream, delay),
-                                        "127.0.0.1", port)
+    server = await asyncio.start_server(
+        lambda r, w: handle(r, w, upstream, delay), "127.0.0.1", port
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

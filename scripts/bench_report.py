@@ -10,10 +10,10 @@ goal reached (1.0 = exactly met), green when met, red when missed, grey for rows
 from __future__ import annotations
 
 import math
-import struct
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from cometfs.server.demo import png_encode
 
 
 @dataclass
@@ -57,10 +57,19 @@ class Result:
         return value / self.goal if self.goal_op == ">=" else self.goal / value
 
     def as_json(self) -> dict[str, Any]:
-        return {"key": self.key, "workload": self.workload, "figure": self.figure,
-                "unit": self.unit, "peer": self.peer, "peer_figure": self.peer_figure,
-                "ratio": self.ratio, "goal": self.goal_text, "met": self.met,
-                "notes": self.notes, "samples": self.samples}
+        return {
+            "key": self.key,
+            "workload": self.workload,
+            "figure": self.figure,
+            "unit": self.unit,
+            "peer": self.peer,
+            "peer_figure": self.peer_figure,
+            "ratio": self.ratio,
+            "goal": self.goal_text,
+            "met": self.met,
+            "notes": self.notes,
+            "samples": self.samples,
+        }
 
 
 def fmt(value: float, unit: str = "") -> str:
@@ -98,14 +107,22 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(results, 1):
-        lines.append(f"| {i} | {r.workload} | {fmt(r.figure, r.unit)} | {r.peer} | "
-                     f"{fmt(r.peer_figure, r.unit)} | {fmt(r.ratio)}× | {r.goal_text or '—'} | "
-                     f"{verdict(r)} |")
+        lines.append(
+            f"| {i} | {r.workload} | {fmt(r.figure, r.unit)} | {r.peer} | "
+            f"{fmt(r.peer_figure, r.unit)} | {fmt(r.ratio)}× | {r.goal_text or '—'} | "
+            f"{verdict(r)} |"
+        )
     met = sum(1 for r in results if r.met)
     goals = sum(1 for r in results if r.met is not None)
-    lines += ["", f"{met} of {goals} goals met. Ratio = cometfs / peer, both medians of the "
-              "interleaved repeats; a goal on the figure itself (RSS, bytes per byte, request "
-              "count) is checked on the cometfs figure.", "", "## Notes per row", ""]
+    lines += [
+        "",
+        f"{met} of {goals} goals met. Ratio = cometfs / peer, both medians of the "
+        "interleaved repeats; a goal on the figure itself (RSS, bytes per byte, request "
+        "count) is checked on the cometfs figure.",
+        "",
+        "## Notes per row",
+        "",
+    ]
     for i, r in enumerate(results, 1):
         if r.notes:
             lines.append(f"{i}. {r.workload}: {r.notes}")
@@ -119,13 +136,26 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
 
 # 3x5 digits, one string of 15 bits per glyph (rows top to bottom).
 DIGITS = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111",
-    "3": "111001111001111", "4": "101101111001001", "5": "111100111001111",
-    "6": "111100111101111", "7": "111001001001001", "8": "111101111101111",
-    "9": "111101111001111", ".": "000000000000010", "x": "000101010101000",
+    "0": "111101101101111",
+    "1": "010110010010111",
+    "2": "111001111100111",
+    "3": "111001111001111",
+    "4": "101101111001001",
+    "5": "111100111001111",
+    "6": "111100111101111",
+    "7": "111001001001001",
+    "8": "111101111101111",
+    "9": "111101111001111",
+    ".": "000000000000010",
+    "x": "000101010101000",
 }
-GREEN, RED, GREY, BLACK, WHITE = (46, 160, 67), (207, 34, 46), (150, 150, 150), (0, 0, 0), \
-    (255, 255, 255)
+GREEN, RED, GREY, BLACK, WHITE = (
+    (46, 160, 67),
+    (207, 34, 46),
+    (150, 150, 150),
+    (0, 0, 0),
+    (255, 255, 255),
+)
 
 
 class Canvas:
@@ -151,16 +181,7 @@ class Canvas:
             x += 4 * scale
 
     def png(self) -> bytes:
-        raw = b"".join(b"\0" + bytes(self.px[y * self.w * 3 : (y + 1) * self.w * 3])
-                       for y in range(self.h))
-
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            return (struct.pack(">I", len(data)) + kind + data
-                    + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-        header = struct.pack(">IIBBBBB", self.w, self.h, 8, 2, 0, 0, 0)
-        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+        return png_encode(self.w, self.h, self.px, channels=3)
 
 
 def chart(results: list[Result], cap: float = 3.0) -> bytes:

@@ -28,14 +28,17 @@ def main() -> int:
     os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
     import comet_ml
 
-    api = comet_ml.API(cache=False)
+    api = comet_ml.API(cache=False)  # type: ignore[no-untyped-call]
     artifact = api.get_artifact(args.workspace, args.name, version=args.version)
     t0 = time.perf_counter()
     artifact.download(str(args.dest))
     seconds = time.perf_counter() - t0
     files = [p for p in args.dest.rglob("*") if p.is_file()]
-    print(json.dumps({"seconds": seconds, "files": len(files),
-                      "bytes": sum(p.stat().st_size for p in files)}))
+    print(
+        json.dumps(
+            {"seconds": seconds, "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+        )
+    )
     return 0
 
 

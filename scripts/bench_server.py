@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -22,23 +21,19 @@ from pathlib import Path
 import requests
 
 from cometfs.server import ApiKey, ArtifactStore, AssetSource, CometServer, VersionSpec
+from cometfs.testing import write_random_file
 
 KEY = "bench-key"
 CHUNK = 4 << 20
 
 
-def make_asset(path: Path, size: int) -> None:
-    block = os.urandom(CHUNK)
-    with open(path, "wb") as f:
-        left = size
-        while left > 0:
-            n = min(left, CHUNK)
-            f.write(block[:n])
-            left -= n
-
-
-def stream(session: requests.Session, url: str, params: dict[str, str] | None,
-           headers: dict[str, str], expect: int) -> tuple[int, float]:
+def stream(
+    session: requests.Session,
+    url: str,
+    params: dict[str, str] | None,
+    headers: dict[str, str],
+    expect: int,
+) -> tuple[int, float]:
     t0 = time.perf_counter()
     total = 0
     with session.get(url, params=params, headers=headers, stream=True, timeout=60) as r:
@@ -64,7 +59,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="cometfs-bench-") as tmp:
         src = Path(tmp) / "asset.bin"
-        make_asset(src, size)
+        write_random_file(src, size, repeat=True, chunk=CHUNK)
         store = ArtifactStore(Path(tmp) / "store")
         t0 = time.perf_counter()
         store.add_version(VersionSpec("bench", "big", [AssetSource("asset.bin", path=src)]))
@@ -74,8 +69,10 @@ def main() -> int:
         params = {"assetId": asset_id, "allow301": "False", "experimentKey": ""}
         auth = {"Authorization": KEY}
 
-        with CometServer(store, api_keys=[ApiKey(KEY, None)], redirect=True) as srv, \
-                requests.Session() as session:
+        with (
+            CometServer(store, api_keys=[ApiKey(KEY, None)], redirect=True) as srv,
+            requests.Session() as session,
+        ):
             url = srv.url + "/api/rest/v2/experiment/asset/get-asset"
             best = 0.0
             for i in range(args.repeat):
@@ -83,25 +80,32 @@ def main() -> int:
                 if n != size:
                     raise SystemExit(f"short download: {n} of {size} bytes")
                 best = max(best, mbps(n, secs))
-                print(f"200 full  #{i + 1}: {n / 2**20:.0f} MiB in {secs:.2f} s = "
-                      f"{mbps(n, secs):.0f} MB/s")
+                print(
+                    f"200 full  #{i + 1}: {n / 2**20:.0f} MiB in {secs:.2f} s = "
+                    f"{mbps(n, secs):.0f} MB/s"
+                )
 
             window = args.window_mib << 20
             total, secs_sum = 0, 0.0
             for start in range(0, size, window):
                 end = min(start + window, size) - 1
-                n, secs = stream(session, url, params, {**auth, "Range": f"bytes={start}-{end}"},
-                                 206)
+                n, secs = stream(
+                    session, url, params, {**auth, "Range": f"bytes={start}-{end}"}, 206
+                )
                 total += n
                 secs_sum += secs
-            print(f"206 range: {total / 2**20:.0f} MiB in {size // window} windows of "
-                  f"{args.window_mib} MiB = {mbps(total, secs_sum):.0f} MB/s")
+            print(
+                f"206 range: {total / 2**20:.0f} MiB in {size // window} windows of "
+                f"{args.window_mib} MiB = {mbps(total, secs_sum):.0f} MB/s"
+            )
 
             redirect_params = {**params, "allow301": "True"}
             n, secs = stream(session, url, redirect_params, auth, 200)
             print(f"302->blob: {n / 2**20:.0f} MiB in {secs:.2f} s = {mbps(n, secs):.0f} MB/s")
-            print(f"best single-stream 200: {best:.0f} MB/s "
-                  f"({'meets' if best >= 1000 else 'BELOW'} the 1 GB/s target)")
+            print(
+                f"best single-stream 200: {best:.0f} MB/s "
+                f"({'meets' if best >= 1000 else 'BELOW'} the 1 GB/s target)"
+            )
     return 0
 
 

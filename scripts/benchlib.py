@@ -32,8 +32,9 @@ from typing import Any
 
 import requests
 
+from cometfs.testing import CLI, log_problems, mount_pid, unmount, wait_until
+
 PYTHON = sys.executable
-CLI = [PYTHON, "-m", "cometfs.cli"]
 ASSET_ENDPOINTS = ("get-asset", "blob")
 MODES = ("range", "stream", "redirect")
 
@@ -52,15 +53,6 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(pct / 100 * len(ordered)))
     return float(ordered[rank - 1])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def drop_page_cache() -> bool:
@@ -120,13 +112,6 @@ def stop_pid(pid: int, grace: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         wait_until(lambda: not pid_alive(pid), wait)
-
-
-def is_mounted(path: Path) -> bool:
-    try:
-        return os.path.ismount(path)
-    except OSError:  # ENOTCONN: a FUSE mount whose process died is still a mount
-        return True
 
 
 class Cleanup:
@@ -193,23 +178,38 @@ class ServerProc:
         self.log_path.write_text("")
         stderr = open(self.workdir / f"server-{self.tag}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [PYTHON, str(Path(__file__).resolve()), "serve", "--store", str(self.store),
-             "--mode", self.mode, "--request-log", str(self.log_path),
-             "--latency", str(self.latency)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=self.env,
+            [
+                PYTHON,
+                str(Path(__file__).resolve()),
+                "serve",
+                "--store",
+                str(self.store),
+                "--mode",
+                self.mode,
+                "--request-log",
+                str(self.log_path),
+                "--latency",
+                str(self.latency),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=self.env,
         )
         stderr.close()
         self._undo = self.cleanup.add(f"server {self.mode}", self._stop)
-        assert self.proc.stdout is not None
+        stdout = self.proc.stdout
+        assert stdout is not None
         ready: list[bytes] = []
-        reader = threading.Thread(target=lambda: ready.append(self.proc.stdout.readline()),
-                                  daemon=True)
+        reader = threading.Thread(target=lambda: ready.append(stdout.readline()), daemon=True)
         reader.start()
         reader.join(60)
         line = ready[0].decode().strip() if ready else ""
         if not line.startswith("http://127.0.0.1:"):
-            raise RuntimeError(f"server ({self.tag}) did not start: {line!r}; see "
-                               f"{self.workdir}/server-{self.tag}.log")
+            raise RuntimeError(
+                f"server ({self.tag}) did not start: {line!r}; see "
+                f"{self.workdir}/server-{self.tag}.log"
+            )
         self.url = line
         if not wait_until(self._alive, 30, 0.1):
             raise RuntimeError(f"server ({self.mode}) at {self.url} does not answer isAlive")
@@ -252,8 +252,9 @@ class ServerProc:
     def mark(self) -> int:
         return self.log_path.stat().st_size
 
-    def entries_since(self, mark: int, settle: float = 0.15, timeout: float = 5.0
-                      ) -> list[dict[str, Any]]:
+    def entries_since(
+        self, mark: int, settle: float = 0.15, timeout: float = 5.0
+    ) -> list[dict[str, Any]]:
         """Entries logged after `mark`, once the log has stopped growing for `settle` s."""
         deadline = time.monotonic() + timeout
         size, since = self.log_path.stat().st_size, time.monotonic()
@@ -295,11 +296,16 @@ def serve_main(argv: Sequence[str]) -> int:
     ap.add_argument("--store", type=Path, required=True)
     ap.add_argument("--mode", choices=MODES, required=True)
     ap.add_argument("--request-log", type=Path, required=True)
-    ap.add_argument("--latency", type=float, default=0.0,
-                    help="seconds to add to every request (a delay fault on every endpoint)")
+    ap.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds to add to every request (a delay fault on every endpoint)",
+    )
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())  # the parent handles Ctrl-C
@@ -310,9 +316,12 @@ def serve_main(argv: Sequence[str]) -> int:
         stop.set()
 
     server = CometServer(
-        ArtifactStore(args.store), api_keys=[ApiKey(os.environ["COMET_API_KEY"], None)],
-        ranges=args.mode != "stream", redirect=args.mode == "redirect",
-        request_log_path=args.request_log, request_log_max=100_000,
+        ArtifactStore(args.store),
+        api_keys=[ApiKey(os.environ["COMET_API_KEY"], None)],
+        ranges=args.mode != "stream",
+        redirect=args.mode == "redirect",
+        request_log_path=args.request_log,
+        request_log_max=100_000,
         faults=parse_faults(f"*=delay:{args.latency}") if args.latency else FaultPlan(),
     )
     server.start()
@@ -348,36 +357,32 @@ class MountProc:
 
     def start(self) -> MountProc:
         self.path.mkdir(parents=True, exist_ok=True)
-        argv = [*CLI, "mount", str(self.path), "--server-url", self.server_url,
-                "--cache-dir", str(self.cache_dir), "--log-file", str(self.log_file),
-                "--log-level", "INFO", *self.extra_args]
+        argv = [
+            *CLI,
+            "mount",
+            str(self.path),
+            "--server-url",
+            self.server_url,
+            "--cache-dir",
+            str(self.cache_dir),
+            "--log-file",
+            str(self.log_file),
+            "--log-level",
+            "INFO",
+            *self.extra_args,
+        ]
         # Registered before the attempt, so a half-started mount is cleaned up too.
         self._undo = self.cleanup.add(f"mount {self.path}", self._stop)
-        result = subprocess.run(argv, env=self.env, capture_output=True, text=True,
-                                timeout=90, check=False)
+        result = subprocess.run(
+            argv, env=self.env, capture_output=True, text=True, timeout=90, check=False
+        )
         self.mounted = True
-        self.pid = self._find_pid()
+        self.pid = mount_pid(self.path)
         if result.returncode != 0:
             raise RuntimeError(f"mount failed ({result.returncode}): {result.stderr.strip()}")
         if self.pid is None:
             raise RuntimeError(f"mounted {self.path} but found no mount process")
         return self
-
-    def _find_pid(self) -> int | None:
-        """The daemon whose argv is `... -m cometfs.cli mount <path> ...` (what pgrep -f sees)."""
-        want = ["cometfs.cli", "mount", str(self.path)]
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                    argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
-            except OSError:
-                continue
-            for i in range(len(argv) - 2):
-                if argv[i : i + 3] == want:
-                    return int(entry.name)
-        return None
 
     def memory_kib(self) -> dict[str, int]:
         assert self.pid is not None
@@ -414,12 +419,7 @@ class MountProc:
 
     def _stop(self) -> None:
         if self.mounted:
-            result = subprocess.run([*CLI, "unmount", str(self.path)], env=self.env,
-                                    capture_output=True, text=True, timeout=60, check=False)
-            if result.returncode != 0:
-                subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False,
-                               capture_output=True, timeout=30)
-            wait_until(lambda: not is_mounted(self.path), 20)
+            unmount(self.path, self.env)
             self.mounted = False
         if self.pid is not None:
             pid = self.pid
@@ -427,16 +427,13 @@ class MountProc:
                 stop_pid(pid)
         if self.discard_cache:
             shutil.rmtree(self.cache_dir, ignore_errors=True)
-        if self.log_file.exists():
-            self.problems = [
-                line for line in self.log_file.read_text(errors="replace").splitlines()
-                if " WARNING " in line or " ERROR " in line or " CRITICAL " in line
-            ]
+        self.problems = log_problems(self.log_file)
 
 
 @contextlib.contextmanager
-def watchdog(seconds: float, mounts: Callable[[], Sequence[MountProc]], what: str
-             ) -> Iterator[None]:
+def watchdog(
+    seconds: float, mounts: Callable[[], Sequence[MountProc]], what: str
+) -> Iterator[None]:
     """Bound a phase that reads through FUSE: past `seconds`, kill the mount processes, which
     makes every blocked read fail (ENOTCONN) instead of hanging the benchmark."""
     fired: list[bool] = []
@@ -465,12 +462,21 @@ def watchdog(seconds: float, mounts: Callable[[], Sequence[MountProc]], what: st
 
 
 def asset_params(asset_id: str, version_id: str, *, allow301: bool) -> dict[str, str]:
-    return {"assetId": asset_id, "allow301": str(allow301), "experimentKey": "",
-            "artifactVersionId": version_id}
+    return {
+        "assetId": asset_id,
+        "allow301": str(allow301),
+        "experimentKey": "",
+        "artifactVersionId": version_id,
+    }
 
 
-def download(session: requests.Session, url: str, params: dict[str, str],
-             headers: dict[str, str], chunk: int = 1 << 20) -> int:
+def download(
+    session: requests.Session,
+    url: str,
+    params: dict[str, str],
+    headers: dict[str, str],
+    chunk: int = 1 << 20,
+) -> int:
     """Stream one asset (redirects followed) and return its byte count."""
     total = 0
     with session.get(url, params=params, headers=headers, stream=True, timeout=(5, 120)) as r:

@@ -45,8 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchlib import CLI, Cleanup, MountProc, is_mounted, pid_alive, proc_memory_kib, stop_pid
+from benchlib import Cleanup, MountProc, pid_alive, proc_memory_kib, stop_pid
 from cometfs.server import ArtifactStore, AssetSource, VersionSpec
+from cometfs.testing import CLI, is_mounted
 
 MIB = 1 << 20
 API_KEY = "soak-key-0123456789abcdef"
@@ -102,11 +103,15 @@ class Tally:
 def build_store(root: Path, large: int, large_mib: int, small: int) -> ArtifactStore:
     store = ArtifactStore(root)
     rng = random.Random(1)
-    big = [AssetSource(f"big/{i:02d}.bin", data=rng.randbytes(large_mib * MIB + 4099 * i))
-           for i in range(large)]
+    big = [
+        AssetSource(f"big/{i:02d}.bin", data=rng.randbytes(large_mib * MIB + 4099 * i))
+        for i in range(large)
+    ]
     store.add_version(VersionSpec(WS, "big", big, version="1.0.0"))
-    files = [AssetSource(f"c{i % 10}/{i:04d}.dat", data=rng.randbytes(rng.randrange(1, 96 << 10)))
-             for i in range(small)]
+    files = [
+        AssetSource(f"c{i % 10}/{i:04d}.dat", data=rng.randbytes(rng.randrange(1, 96 << 10)))
+        for i in range(small)
+    ]
     store.add_version(VersionSpec(WS, "small", files, version="1.0.0", aliases=["prod"]))
     return store
 
@@ -121,10 +126,14 @@ def sources(store: ArtifactStore, mountpoint: Path) -> tuple[list[Source], list[
         assert version is not None
         for asset in version.assets:
             assert asset.sha256 is not None
-            out[name].append(Source(
-                mountpoint / WS / name / mount_name / asset.file_name,
-                snap.blob_path(asset.sha256), asset.file_size, asset.sha256,
-            ))
+            out[name].append(
+                Source(
+                    mountpoint / WS / name / mount_name / asset.file_name,
+                    snap.blob_path(asset.sha256),
+                    asset.file_size,
+                    asset.sha256,
+                )
+            )
     return out["big"], out["small"]
 
 
@@ -134,22 +143,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(store: Path, faults: str, no_range: bool, workdir: Path,
-                 env: dict[str, str], cleanup: Cleanup) -> str:
+def start_server(
+    store: Path, faults: str, no_range: bool, workdir: Path, env: dict[str, str], cleanup: Cleanup
+) -> str:
     port = free_port()
     err = open(workdir / "server.log", "wb")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(
-        [*CLI, "serve", "--store", str(store), "--port", str(port), "--faults", faults,
-         "--log-level", "WARNING", *(["--no-range"] if no_range else [])],
-        stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
+        [
+            *CLI,
+            "serve",
+            "--store",
+            str(store),
+            "--port",
+            str(port),
+            "--faults",
+            faults,
+            "--log-level",
+            "WARNING",
+            *(["--no-range"] if no_range else []),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=err,
+        stderr=err,
+        env=env,
     )
     err.close()
     cleanup.add("server", lambda: stop_pid(proc.pid))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), urllib.request.urlopen(
-                url + "/clientlib/isAlive/ver", timeout=1) as r:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url + "/clientlib/isAlive/ver", timeout=1) as r,
+        ):
             if r.status == 200:
                 return url
         if proc.poll() is not None:
@@ -185,8 +211,7 @@ def read_whole(src: Source, tally: Tally, *, direct: bool = False) -> None:
     tally.ok(("sequential" if src.size > MIB else "small") + ("-direct" if direct else ""), n)
 
 
-def read_random(src: Source, rng: random.Random, tally: Tally, *, direct: bool = False
-                ) -> None:
+def read_random(src: Source, rng: random.Random, tally: Tally, *, direct: bool = False) -> None:
     fd = os.open(src.path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
     try:
         with mmap.mmap(-1, 1 << 18) as buf:
@@ -207,14 +232,15 @@ def read_mmap(src: Source, rng: random.Random, tally: Tally) -> None:
         for _ in range(8):
             size = rng.choice((4096, 1 << 18))
             offset = rng.randrange(0, max(1, src.size - size))
-            got = m[offset:offset + size]
+            got = m[offset : offset + size]
             if got != expected(src, offset, size):
                 tally.mismatch(f"mmap {src.path} [{offset}, +{size})")
             tally.ok("mmap", len(got))
 
 
-def reader(index: int, big: list[Source], small: list[Source], stop: threading.Event,
-           tally: Tally) -> None:
+def reader(
+    index: int, big: list[Source], small: list[Source], stop: threading.Event, tally: Tally
+) -> None:
     rng = random.Random(index)
     # Half the sequential and random readers use O_DIRECT, half go through the page cache.
     direct = (index // 4) % 2 == 0
@@ -242,15 +268,33 @@ def sample(pid: int, stop: threading.Event, samples: list[dict[str, float]]) -> 
     while not stop.wait(1.0):
         with contextlib.suppress(OSError):
             mem = proc_memory_kib(pid)
-            samples.append({"t": round(time.monotonic() - started, 1),
-                            "rss_mib": mem["VmRSS"] / 1024, "fds": fd_count(pid)})
+            samples.append(
+                {
+                    "t": round(time.monotonic() - started, 1),
+                    "rss_mib": mem["VmRSS"] / 1024,
+                    "fds": fd_count(pid),
+                }
+            )
 
 
-def soak(args: argparse.Namespace, workdir: Path, env: dict[str, str], cleanup: Cleanup,
-         url: str, big: list[Source], small: list[Source]) -> dict[str, Any]:
-    mount = MountProc(workdir / "mnt", url, workdir / "cache", workdir / "mount.log", env,
-                      cleanup, extra_args=["--cache-size", f"{args.cache_mib}M",
-                                           "--timeout", "10"]).start()
+def soak(
+    args: argparse.Namespace,
+    workdir: Path,
+    env: dict[str, str],
+    cleanup: Cleanup,
+    url: str,
+    big: list[Source],
+    small: list[Source],
+) -> dict[str, Any]:
+    mount = MountProc(
+        workdir / "mnt",
+        url,
+        workdir / "cache",
+        workdir / "mount.log",
+        env,
+        cleanup,
+        extra_args=["--cache-size", f"{args.cache_mib}M", "--timeout", "10"],
+    ).start()
     assert mount.pid is not None
     pid = mount.pid
     fds_start = fd_count(pid)
@@ -258,11 +302,15 @@ def soak(args: argparse.Namespace, workdir: Path, env: dict[str, str], cleanup: 
     tally = Tally()
     stop = threading.Event()
     samples: list[dict[str, float]] = []
-    threads = [threading.Thread(target=reader, args=(i, big, small, stop, tally), daemon=True)
-               for i in range(args.readers)]
+    threads = [
+        threading.Thread(target=reader, args=(i, big, small, stop, tally), daemon=True)
+        for i in range(args.readers)
+    ]
     sampler = threading.Thread(target=sample, args=(pid, stop, samples), daemon=True)
-    log(f"soak: {args.readers} readers for {args.seconds:g} s against {url} "
-        f"(faults {args.faults!r}, --cache-size {args.cache_mib}M)")
+    log(
+        f"soak: {args.readers} readers for {args.seconds:g} s against {url} "
+        f"(faults {args.faults!r}, --cache-size {args.cache_mib}M)"
+    )
     started = time.monotonic()
     sampler.start()
     for t in threads:
@@ -273,9 +321,11 @@ def soak(args: argparse.Namespace, workdir: Path, env: dict[str, str], cleanup: 
         if time.monotonic() >= next_report and samples:
             next_report += 15
             last = samples[-1]
-            log(f"  {last['t']:5.0f} s  {tally.bytes_read / MIB:8.0f} MiB read  "
+            log(
+                f"  {last['t']:5.0f} s  {tally.bytes_read / MIB:8.0f} MiB read  "
                 f"rss {last['rss_mib']:.0f} MiB  fds {last['fds']:.0f}  "
-                f"errors {sum(tally.errors.values())}  wrong {len(tally.wrong)}")
+                f"errors {sum(tally.errors.values())}  wrong {len(tally.wrong)}"
+            )
     stop.set()
     # A reader blocked on a read ends within the mount's --timeout (10 s) plus retries.
     for t in threads:
@@ -299,10 +349,16 @@ def soak(args: argparse.Namespace, workdir: Path, env: dict[str, str], cleanup: 
         "wrong_bytes": len(tally.wrong),
         "wrong_examples": tally.wrong[:10],
         "stuck_readers": stuck,
-        "rss_mib": {"start": round(rss_start, 1), "peak": round(peak_rss, 1),
-                    "vm_hwm": round(vm_hwm, 1)},
-        "fds": {"start": fds_start, "peak": max([int(s["fds"]) for s in samples],
-                                                 default=fds_start), "end": fds_end},
+        "rss_mib": {
+            "start": round(rss_start, 1),
+            "peak": round(peak_rss, 1),
+            "vm_hwm": round(vm_hwm, 1),
+        },
+        "fds": {
+            "start": fds_start,
+            "peak": max([int(s["fds"]) for s in samples], default=fds_start),
+            "end": fds_end,
+        },
         "mount_status": {"cache": status.get("cache"), "metadata": status.get("metadata")},
         "mount_log_problems": len(mount.problems),
         # Evidence the faults fired: the client logs each retry it makes at INFO.
@@ -311,8 +367,14 @@ def soak(args: argparse.Namespace, workdir: Path, env: dict[str, str], cleanup: 
     }
 
 
-def cycles(args: argparse.Namespace, workdir: Path, env: dict[str, str], cleanup: Cleanup,
-           url: str, small: list[Source]) -> dict[str, Any]:
+def cycles(
+    args: argparse.Namespace,
+    workdir: Path,
+    env: dict[str, str],
+    cleanup: Cleanup,
+    url: str,
+    small: list[Source],
+) -> dict[str, Any]:
     """Mount, read one file, unmount, `args.cycles` times; what each mount held at the end."""
     per_mount: list[dict[str, float]] = []
     leftover = 0
@@ -320,18 +382,21 @@ def cycles(args: argparse.Namespace, workdir: Path, env: dict[str, str], cleanup
     mountpoint = workdir / "cycle-mnt"
     tally = Tally()
     for i in range(args.cycles):
-        mount = MountProc(mountpoint, url, workdir / "cache", workdir / f"cycle{i}.log", env,
-                          cleanup).start()
+        mount = MountProc(
+            mountpoint, url, workdir / "cache", workdir / f"cycle{i}.log", env, cleanup
+        ).start()
         assert mount.pid is not None
         src = small[i % len(small)]
-        src = Source(mountpoint / src.path.relative_to(workdir / "mnt"), src.blob, src.size,
-                     src.sha256)
+        src = Source(
+            mountpoint / src.path.relative_to(workdir / "mnt"), src.blob, src.size, src.sha256
+        )
         try:
             read_whole(src, tally)
         except OSError as exc:
             tally.error("cycle", exc)
-        per_mount.append({"fds": fd_count(mount.pid),
-                          "rss_mib": proc_memory_kib(mount.pid)["VmRSS"] / 1024})
+        per_mount.append(
+            {"fds": fd_count(mount.pid), "rss_mib": proc_memory_kib(mount.pid)["VmRSS"] / 1024}
+        )
         pid = mount.pid
         mount.stop()
         if is_mounted(mountpoint) or pid_alive(pid):
@@ -342,10 +407,19 @@ def cycles(args: argparse.Namespace, workdir: Path, env: dict[str, str], cleanup
         "leftover_mounts_or_processes": leftover,
         "wrong_bytes": len(tally.wrong),
         "errors": dict(tally.errors),
-        "mount_fds": {"first": per_mount[0]["fds"], "last": per_mount[-1]["fds"],
-                      "max": max(m["fds"] for m in per_mount)} if per_mount else {},
-        "mount_rss_mib": {"first": round(per_mount[0]["rss_mib"], 1),
-                          "last": round(per_mount[-1]["rss_mib"], 1)} if per_mount else {},
+        "mount_fds": {
+            "first": per_mount[0]["fds"],
+            "last": per_mount[-1]["fds"],
+            "max": max(m["fds"] for m in per_mount),
+        }
+        if per_mount
+        else {},
+        "mount_rss_mib": {
+            "first": round(per_mount[0]["rss_mib"], 1),
+            "last": round(per_mount[-1]["rss_mib"], 1),
+        }
+        if per_mount
+        else {},
         "soak_process_fds": {"start": own_fds_start, "end": own_fds_end},
     }
 
@@ -359,10 +433,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--large", type=int, default=6, help="large files (default: 6)")
     ap.add_argument("--large-mib", type=int, default=24, help="MiB each (default: 24)")
     ap.add_argument("--small", type=int, default=400, help="small files (default: 400)")
-    ap.add_argument("--cache-mib", type=int, default=64,
-                    help="the mount's --cache-size in MiB (default: 64)")
-    ap.add_argument("--no-range", action="store_true",
-                    help="the server ignores Range, so the mount must stream (default: off)")
+    ap.add_argument(
+        "--cache-mib", type=int, default=64, help="the mount's --cache-size in MiB (default: 64)"
+    )
+    ap.add_argument(
+        "--no-range",
+        action="store_true",
+        help="the server ignores Range, so the mount must stream (default: off)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     return ap.parse_args(argv)
 
@@ -379,10 +457,11 @@ def main(argv: list[str] | None = None) -> int:
         store = build_store(workdir / "store", args.large, args.large_mib, args.small)
         big, small = sources(store, workdir / "mnt")
         working_set = sum(s.size for s in big + small)
-        url = start_server(workdir / "store", args.faults, args.no_range, workdir, env,
-                           cleanup)
+        url = start_server(workdir / "store", args.faults, args.no_range, workdir, env, cleanup)
         result: dict[str, Any] = {
-            "faults": args.faults, "no_range": args.no_range, "cache_size_mib": args.cache_mib,
+            "faults": args.faults,
+            "no_range": args.no_range,
+            "cache_size_mib": args.cache_mib,
             "working_set_mib": round(working_set / MIB, 1),
             "files": {"large": len(big), "small": len(small)},
             "rss_budget_mib": READER_BUDGET_MIB + RSS_OVERHEAD_MIB,
@@ -399,8 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     if c["leftover_mounts_or_processes"]:
         failures.append(f"{c['leftover_mounts_or_processes']} mounts or processes were left")
     if s["rss_mib"]["vm_hwm"] > result["rss_budget_mib"]:
-        failures.append(f"peak RSS {s['rss_mib']['vm_hwm']:.0f} MiB is over the "
-                        f"{result['rss_budget_mib']} MiB budget")
+        failures.append(
+            f"peak RSS {s['rss_mib']['vm_hwm']:.0f} MiB is over the "
+            f"{result['rss_budget_mib']} MiB budget"
+        )
     if s["stuck_readers"]:
         failures.append(f"{s['stuck_readers']} readers were still blocked after 60 s")
     if not s["bytes_read"]:

@@ -13,13 +13,13 @@ import os
 # Before anything can import comet_ml: no Sentry telemetry (and so no DNS lookups) in tests.
 os.environ["COMET_ERROR_TRACKING_ENABLE"] = "false"
 
-from collections.abc import Callable, Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
+import pytest
 
-from cometfs.server import ApiKey, ArtifactStore, CometServer  # noqa: E402
+from cometfs.server import ApiKey, ArtifactStore, CometServer
 
 TEST_API_KEY = "test-key-0123456789abcdef"
 

@@ -15,9 +15,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE_ROWS = {"small8_direct", "seq_range_direct", "seq_stream_direct", "ttfb",
-              "random1_direct", "random8_direct", "random_amplification", "cpu_range",
-              "cpu_stream"}
+SMOKE_ROWS = {
+    "small8_direct",
+    "seq_range_direct",
+    "seq_stream_direct",
+    "ttfb",
+    "random1_direct",
+    "random8_direct",
+    "random_amplification",
+    "cpu_range",
+    "cpu_stream",
+}
 
 pytestmark = [
     pytest.mark.fuse,
@@ -27,12 +35,28 @@ pytestmark = [
 
 def test_bench_smoke_writes_every_row_with_numbers(tmp_path: Path) -> None:
     out = tmp_path / "results" / "latest.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke", "--output", str(out),
-         "--workdir", str(tmp_path / "work"), "--docs", str(tmp_path / "unused.md")],
-        env=env, capture_output=True, text=True, timeout=110, check=False)
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench.py"),
+            "--smoke",
+            "--output",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--docs",
+            str(tmp_path / "unused.md"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     rows = {r["key"]: r for r in doc["results"]}

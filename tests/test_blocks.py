@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -57,7 +59,7 @@ def test_consecutive_runs_partition_the_indexes(indexes: set[int], max_len: int)
     assert flattened == sorted(indexes)
     assert all(1 <= len(run) <= max_len for run in runs)
     # Adjacent runs are split only at gaps or at the length cap.
-    for left, right in zip(runs, runs[1:], strict=False):
+    for left, right in itertools.pairwise(runs):
         assert right.start > left.stop or len(left) == max_len
 
 
@@ -144,7 +146,7 @@ def test_prefetch_waits_until_half_the_window_is_consumed() -> None:
             ranges.append((start, stop))
     assert all(stop - start >= MIB // 2 for start, stop in ranges[1:])
     # Prefetched ranges never overlap.
-    for (_, stop), (start, _) in zip(ranges, ranges[1:], strict=False):
+    for (_, stop), (start, _) in itertools.pairwise(ranges):
         assert start >= stop
 
 

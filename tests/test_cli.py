@@ -41,8 +41,9 @@ def _subparser(name: str, *path: str) -> argparse.ArgumentParser:
     return parser
 
 
-@pytest.mark.parametrize("command", [("mount",), ("unmount",), ("prefetch",), ("status",),
-                                     ("cache", "clear")])
+@pytest.mark.parametrize(
+    "command", [("mount",), ("unmount",), ("prefetch",), ("status",), ("cache", "clear")]
+)
 def test_every_flag_has_help_with_its_default(command: tuple[str, ...]) -> None:
     parser = _subparser(*command)
     flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
@@ -57,7 +58,7 @@ def test_mount_point_checks_say_what_is_wrong_and_what_to_do(tmp_path: Path) -> 
     (tmp_path / "file").write_text("x")
     with pytest.raises(MountError, match="is not a directory"):
         _check_mountpoint(tmp_path / "file")
-    with pytest.raises(MountError, match="not empty.*--allow-non-empty"):
+    with pytest.raises(MountError, match=r"not empty.*--allow-non-empty"):
         _check_mountpoint(tmp_path)
     _check_mountpoint(tmp_path, allow_non_empty=True)
     empty = tmp_path / "empty"
@@ -66,7 +67,8 @@ def test_mount_point_checks_say_what_is_wrong_and_what_to_do(tmp_path: Path) -> 
 
 
 def test_mount_cli_refuses_a_missing_mount_point_before_asking_the_server(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
     monkeypatch.setenv("COMET_API_KEY", "k")
     code = main(["mount", str(tmp_path / "nope"), "--server-url", "http://127.0.0.1:9"])
     assert code == 1
@@ -75,8 +77,7 @@ def test_mount_cli_refuses_a_missing_mount_point_before_asking_the_server(
 
 def test_mountinfo_parser_finds_this_users_cometfs_mounts() -> None:
     entries = parse_mountinfo(MOUNTINFO)
-    assert entries == [MountEntry(Path("/home/u/comet"), 1000),
-                       MountEntry(Path("/mnt/my data"), 0)]
+    assert entries == [MountEntry(Path("/home/u/comet"), 1000), MountEntry(Path("/mnt/my data"), 0)]
     assert [m.mountpoint for m in cometfs_mounts(MOUNTINFO, uid=1000)] == [Path("/home/u/comet")]
     assert len(cometfs_mounts(MOUNTINFO, uid=0)) == 2  # root sees everyone's
     assert mount_of(Path("/home/u/comet/ws/a/1.0.0/x"), entries) == Path("/home/u/comet")
@@ -100,7 +101,9 @@ def test_prefetch_selects_asset_files_only(tmp_path: Path) -> None:
     mounts = [MountEntry(tmp_path, None)]
     files = collect([str(version.parent)], mounts)
     assert sorted(p.relative_to(version.parent) for p in files) == [
-        Path("1.0.0/a.csv"), Path("1.0.0/train/7/0.png")]
+        Path("1.0.0/a.csv"),
+        Path("1.0.0/train/7/0.png"),
+    ]
     # the alias given by name is followed; a quoted glob is expanded by us; no duplicates
     files = collect([str(version.parent / "latest"), str(version / "*.csv")], mounts)
     assert len(files) == 2
@@ -116,7 +119,9 @@ def test_cache_clear_refuses_a_cache_a_mount_uses(tmp_path: Path) -> None:
     statuses = [{"mountpoint": "/m", "cache_dir": str(used)}]
     info = cache_info(tmp_path, statuses)
     assert [(r["cache_dir"], r["bytes"], r["used_by"]) for r in info] == [
-        (str(used), 10, ["/m"]), (str(idle), 10, [])]
+        (str(used), 10, ["/m"]),
+        (str(idle), 10, []),
+    ]
     with pytest.raises(CometFSError, match="unmount first"):
         clear_caches([used, idle], statuses)
     assert used.exists() and idle.exists()
@@ -125,13 +130,28 @@ def test_cache_clear_refuses_a_cache_a_mount_uses(tmp_path: Path) -> None:
 
 
 def test_mounted_passes_options_as_flags_and_never_the_key(tmp_path: Path) -> None:
-    argv = _mount_argv(tmp_path, "http://127.0.0.1:1", tmp_path / "c",
-                       {"workspace": ["a", "b"], "metadata_ttl": 5, "allow_non_empty": True,
-                        "log_file": None})
-    assert argv[3:] == ["mount", str(tmp_path), "--foreground", "--server-url",
-                        "http://127.0.0.1:1", "--cache-dir", str(tmp_path / "c"),
-                        "--workspace", "a", "--workspace", "b", "--metadata-ttl", "5",
-                        "--allow-non-empty"]
+    argv = _mount_argv(
+        tmp_path,
+        "http://127.0.0.1:1",
+        tmp_path / "c",
+        {"workspace": ["a", "b"], "metadata_ttl": 5, "allow_non_empty": True, "log_file": None},
+    )
+    assert argv[3:] == [
+        "mount",
+        str(tmp_path),
+        "--foreground",
+        "--server-url",
+        "http://127.0.0.1:1",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--workspace",
+        "a",
+        "--workspace",
+        "b",
+        "--metadata-ttl",
+        "5",
+        "--allow-non-empty",
+    ]
     with pytest.raises(TypeError, match="api_keys"):
         _mount_argv(tmp_path, None, None, {"api_keys": "x"})
     assert os.environ.get("COMET_API_KEY", "\0") not in argv

@@ -71,36 +71,42 @@ class World:
 
 @pytest.fixture
 def world(store: ArtifactStore) -> World:
-    v1 = store.add_version(VersionSpec(
-        WS,
-        "images",
-        [
-            AssetSource("data/big.bin", data=BIG),
-            AssetSource("hello.txt", data=HELLO, metadata={"k": "1"}),
-        ],
-        version="1.0.0",
-        aliases=["production"],
-        tags=["vision"],
-        version_tags=["v1"],
-        metadata=METADATA,
-        description="class folders",
-        experiment_key="exp0001",
-        created_ms=1_700_000_000_000,
-    ))
-    v2 = store.add_version(VersionSpec(
-        WS,
-        "images",
-        [AssetSource("hello.txt", data=b"v2\n")],
-        version="2.0.0",
-        aliases=["staging"],
-        tags=["extra"],
-        version_tags=["v2"],
-        remotes={"remote/r.csv": "https://example.invalid/r.csv"},
-    ))
-    store.add_version(VersionSpec(WS, "weights", [AssetSource("w.bin", data=bytes(10))],
-                                  artifact_type="model"))
-    store.add_version(VersionSpec(WS, ODD_NAME, [AssetSource("a b+c.txt", data=b"odd")],
-                                  version="0.1.0"))
+    v1 = store.add_version(
+        VersionSpec(
+            WS,
+            "images",
+            [
+                AssetSource("data/big.bin", data=BIG),
+                AssetSource("hello.txt", data=HELLO, metadata={"k": "1"}),
+            ],
+            version="1.0.0",
+            aliases=["production"],
+            tags=["vision"],
+            version_tags=["v1"],
+            metadata=METADATA,
+            description="class folders",
+            experiment_key="exp0001",
+            created_ms=1_700_000_000_000,
+        )
+    )
+    v2 = store.add_version(
+        VersionSpec(
+            WS,
+            "images",
+            [AssetSource("hello.txt", data=b"v2\n")],
+            version="2.0.0",
+            aliases=["staging"],
+            tags=["extra"],
+            version_tags=["v2"],
+            remotes={"remote/r.csv": "https://example.invalid/r.csv"},
+        )
+    )
+    store.add_version(
+        VersionSpec(WS, "weights", [AssetSource("w.bin", data=bytes(10))], artifact_type="model")
+    )
+    store.add_version(
+        VersionSpec(WS, ODD_NAME, [AssetSource("a b+c.txt", data=b"odd")], version="0.1.0")
+    )
     store.add_version(VersionSpec("other-ws", "solo", [AssetSource("x", data=b"x")]))
     return World(store, v1, v2)
 
@@ -613,7 +619,7 @@ def test_key_never_in_logs_or_errors(
     ]:
         try:
             call()
-        except Exception as exc:  # noqa: BLE001 - collecting every message is the point
+        except Exception as exc:
             messages.append(str(exc))
     bad = connect(key=api_key + "-wrong", **BYTE_MODES[mode]).client
     with pytest.raises(Unauthorized) as info:

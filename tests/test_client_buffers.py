@@ -80,7 +80,10 @@ print(rss_kib() - before)
 
 def _left_resident_mib(make: str) -> float:
     out = subprocess.run(
-        [sys.executable, "-c", _WORKLOAD, make], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", _WORKLOAD, make],
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=True,
     )
     return int(out.stdout) / 1024

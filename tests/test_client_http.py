@@ -52,7 +52,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: FakeServer
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         path = self.path.split("?")[0]
         self.server.seen.append((path, dict(self.headers.items())))
         route = self.server.routes.get(path)
@@ -87,7 +87,7 @@ class Handler(BaseHTTPRequestHandler):
                 break
         self.close_connection = True
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -257,7 +257,7 @@ def test_stream_chunk_that_trickles_fails_within_the_timeout(
     client = clients(fake.url, timeout=1.5, read_timeout=5.0)
     started = time.monotonic()
     body = client.stream("a1", "v1", expected_size=10_000)
-    with pytest.raises(TransientError), body as chunks:  # noqa: PT012 - raised mid-iteration
+    with pytest.raises(TransientError), body as chunks:
         for _ in chunks:
             pass
     assert time.monotonic() - started < 1.5 + 1.0
@@ -271,8 +271,10 @@ def test_retry_after_forms() -> None:
     now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     assert retry_after_seconds("7") == 7.0
     assert retry_after_seconds("-3") == 0.0
-    assert retry_after_seconds(format_datetime(now + timedelta(seconds=42), usegmt=True),
-                               lambda: now) == 42.0
+    assert (
+        retry_after_seconds(format_datetime(now + timedelta(seconds=42), usegmt=True), lambda: now)
+        == 42.0
+    )
     assert retry_after_seconds("Fri, 02 Jan 2026 03:04:15 -0000", lambda: now) == 10.0
     assert retry_after_seconds(format_datetime(now - timedelta(hours=1)), lambda: now) == 0.0
     for bad in (None, "", "soon", "Fri, 99 Foo"):
@@ -420,7 +422,7 @@ def test_streamed_asset_with_a_wrong_etag_is_stale(
     fake.routes[GET_ASSET] = asset_route(DATA, f'"{"0" * 64}"', ranges=False)
     client = clients(fake.url)
     body = client.stream("a1", "v1", chunk_size=1024)
-    with pytest.raises(StaleError), body as chunks:  # noqa: PT012 - raised after the last chunk
+    with pytest.raises(StaleError), body as chunks:
         assert b"".join(chunks) == DATA
     fake.routes[GET_ASSET] = asset_route(DATA, f'"{SHA}"', ranges=False)
     with clients(fake.url).stream("a1", "v1", chunk_size=1024) as chunks:

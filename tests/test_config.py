@@ -33,13 +33,20 @@ def test_defaults_to_comet_cloud_without_a_key(dirs) -> None:
 
 def test_precedence_flags_env_named_file_cwd_home(dirs, tmp_path) -> None:
     cwd, home = dirs
-    ini(home / ".comet.config", api_key="home-key", url_override="http://home:1/clientlib/",
-        workspace="home-ws")
+    ini(
+        home / ".comet.config",
+        api_key="home-key",
+        url_override="http://home:1/clientlib/",
+        workspace="home-ws",
+    )
     assert resolve(environ={}, cwd=cwd, home=home).api_key == "home-key"
     ini(cwd / ".comet.config", api_key="cwd-key")
     config = resolve(environ={}, cwd=cwd, home=home)
     assert (config.api_key, config.server_url, config.default_workspace) == (
-        "cwd-key", "http://home:1", "home-ws")
+        "cwd-key",
+        "http://home:1",
+        "home-ws",
+    )
     named = ini(tmp_path / "named.ini", api_key="named-key")
     env = {"COMET_CONFIG": str(named)}
     assert resolve(environ=env, cwd=cwd, home=home).api_key == "named-key"
@@ -75,8 +82,7 @@ def test_workspace_flags_limit_and_env_workspace_is_only_a_default(dirs) -> None
     cwd, home = dirs
     env = {"COMET_WORKSPACE": "env-ws"}
     assert resolve(environ=env, cwd=cwd, home=home).workspaces == ()
-    assert resolve(workspaces=["a", "b"], environ=env, cwd=cwd, home=home).workspaces == (
-        "a", "b")
+    assert resolve(workspaces=["a", "b"], environ=env, cwd=cwd, home=home).workspaces == ("a", "b")
 
 
 def test_key_never_in_repr_or_errors(dirs, tmp_path) -> None:

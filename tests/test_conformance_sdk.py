@@ -17,7 +17,7 @@ if os.environ.get("CI"):  # CI must prove fidelity, never skip it
     import comet_ml
 else:
     comet_ml = pytest.importorskip("comet_ml")
-from comet_ml import exceptions as cx  # noqa: E402
+from comet_ml import exceptions as cx
 
 pytestmark = pytest.mark.sdk
 
@@ -38,26 +38,45 @@ V2_FILES = {
 V2_ASSET_META = {"weights.bin": {"dtype": "float32", "rows": 3}}
 V2_REMOTES = {"raw/remote.csv": "https://example.invalid/remote.csv"}
 V2_KWARGS: dict[str, Any] = dict(
-    version="2.0.0", aliases=["staging"], tags=["tagB"], version_tags=["v2tag", "big"],
+    version="2.0.0",
+    aliases=["staging"],
+    tags=["tagB"],
+    version_tags=["v2tag", "big"],
     metadata={"source": "unit", "n": 2, "nested": {"list": [1, 2, 3]}},
-    remotes=V2_REMOTES, experiment_key=EXP2, description="a test dataset",
+    remotes=V2_REMOTES,
+    experiment_key=EXP2,
+    description="a test dataset",
 )
 
 
-def _sources(files: dict[str, bytes], meta: dict[str, dict[str, Any]] | None = None
-             ) -> list[AssetSource]:
+def _sources(
+    files: dict[str, bytes], meta: dict[str, dict[str, Any]] | None = None
+) -> list[AssetSource]:
     meta = meta or {}
     return [AssetSource(p, data=b, metadata=meta.get(p)) for p, b in files.items()]
 
 
 @pytest.fixture
 def populated(store: ArtifactStore) -> ArtifactStore:
-    store.add_version(VersionSpec(WS, NAME, _sources(V1_FILES), version="1.0.0", aliases=["prod"],
-                      tags=["tagA"], version_tags=["v1tag"], metadata={"n": 1},
-                      experiment_key=EXP1))
+    store.add_version(
+        VersionSpec(
+            WS,
+            NAME,
+            _sources(V1_FILES),
+            version="1.0.0",
+            aliases=["prod"],
+            tags=["tagA"],
+            version_tags=["v1tag"],
+            metadata={"n": 1},
+            experiment_key=EXP1,
+        )
+    )
     store.add_version(VersionSpec(WS, NAME, _sources(V2_FILES, V2_ASSET_META), **V2_KWARGS))
-    store.add_version(VersionSpec(WS, "my data+set", [AssetSource("a b+c.txt", data=b"plus")],
-                      artifact_type="model"))
+    store.add_version(
+        VersionSpec(
+            WS, "my data+set", [AssetSource("a b+c.txt", data=b"plus")], artifact_type="model"
+        )
+    )
     store.add_version(VersionSpec("other-ws", "hidden", [AssetSource("h", data=b"h")]))
     return store
 
@@ -68,8 +87,11 @@ def api(populated: ArtifactStore, sdk_env: CometServer) -> Any:
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_get_artifact_properties(api: Any) -> None:
@@ -111,8 +133,7 @@ def test_get_artifact_by_version_and_alias(api: Any) -> None:
     assert str(api.get_artifact(WS, NAME, alias="latest").version) == "2.0.0"
 
 
-def test_download_is_byte_identical(api: Any, tmp_path: Path,
-                                    sdk_env: CometServer) -> None:
+def test_download_is_byte_identical(api: Any, tmp_path: Path, sdk_env: CometServer) -> None:
     art = api.get_artifact(WS, NAME)
     out = tmp_path / "out"
     local = art.download(str(out))
@@ -146,8 +167,10 @@ def test_get_asset_download(api: Any, tmp_path: Path) -> None:
     got = asset.download(str(tmp_path / "out"))
     path = Path(got.local_path_or_data)
     assert path == tmp_path / "out" / "weights.bin"
-    assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(
-        V2_FILES["weights.bin"]).digest()
+    assert (
+        hashlib.sha256(path.read_bytes()).digest()
+        == hashlib.sha256(V2_FILES["weights.bin"]).digest()
+    )
     with pytest.raises(cx.ArtifactAssetNotFound):
         art.get_asset("no/such/file")
     # A plain remote asset has no bytes on the server: the download is refused.
@@ -199,8 +222,9 @@ def test_missing_version_and_artifact(api: Any) -> None:
         api.get_artifact_list("no-such-ws")
 
 
-def test_bad_key(populated: ArtifactStore, sdk_env: CometServer, monkeypatch: pytest.MonkeyPatch
-                 ) -> None:
+def test_bad_key(
+    populated: ArtifactStore, sdk_env: CometServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("COMET_API_KEY", "not-the-key")
     api = comet_ml.API(cache=False)
     with pytest.raises(cx.Unauthorized):
@@ -211,8 +235,12 @@ def test_bad_key(populated: ArtifactStore, sdk_env: CometServer, monkeypatch: py
     assert sdk_env.request_log.count(status=401) == 2
 
 
-def test_scoped_key(populated: ArtifactStore, make_server: Callable[..., CometServer],
-                    monkeypatch: pytest.MonkeyPatch, sdk_env: CometServer) -> None:
+def test_scoped_key(
+    populated: ArtifactStore,
+    make_server: Callable[..., CometServer],
+    monkeypatch: pytest.MonkeyPatch,
+    sdk_env: CometServer,
+) -> None:
     srv = make_server(api_keys=[ApiKey("scoped-key", frozenset({WS}))])
     monkeypatch.setenv("COMET_API_KEY", "scoped-key")
     monkeypatch.setenv("COMET_URL_OVERRIDE", f"{srv.url}/clientlib/")
@@ -225,10 +253,14 @@ def test_scoped_key(populated: ArtifactStore, make_server: Callable[..., CometSe
         api.get_artifact_list("other-ws")
 
 
-def test_enhanced_key_and_redirect_server(populated: ArtifactStore, tmp_path: Path, api_key: str,
-                                          make_server: Callable[..., CometServer],
-                                          monkeypatch: pytest.MonkeyPatch,
-                                          sdk_env: CometServer) -> None:
+def test_enhanced_key_and_redirect_server(
+    populated: ArtifactStore,
+    tmp_path: Path,
+    api_key: str,
+    make_server: Callable[..., CometServer],
+    monkeypatch: pytest.MonkeyPatch,
+    sdk_env: CometServer,
+) -> None:
     # The SDK never sends allow301=True for artifacts, so a redirecting server must still
     # answer 200 directly; and an enhanced KEY*base64 key is sent whole.
     srv = make_server(redirect=True, ranges=False)
@@ -240,13 +272,11 @@ def test_enhanced_key_and_redirect_server(populated: ArtifactStore, tmp_path: Pa
     assert srv.request_log.count("blob") == 0
 
 
-def test_sdk_traffic_stays_on_the_server(api: Any, sdk_env: CometServer,
-                                         tmp_path: Path) -> None:
+def test_sdk_traffic_stays_on_the_server(api: Any, sdk_env: CometServer, tmp_path: Path) -> None:
     api.get_artifact(WS, NAME).download(str(tmp_path / "out"))
     endpoints = {e["endpoint"] for e in sdk_env.request_log}
     assert endpoints == {"isAlive", "artifacts/version", "artifacts/version/files", "get-asset"}
     assert all(e["status"] == 200 for e in sdk_env.request_log)
     # The experimentKey the SDK sends on this path is empty; the server must accept it.
-    assert {e["params"]["experimentKey"] for e in sdk_env.request_log.entries("get-asset")} == {
-        ""}
+    assert {e["params"]["experimentKey"] for e in sdk_env.request_log.entries("get-asset")} == {""}
     assert os.environ["COMET_ERROR_TRACKING_ENABLE"] == "false"

@@ -43,29 +43,48 @@ def _registered() -> None:
 
 @pytest.fixture
 def world(store: ArtifactStore, server: CometServer) -> CometServer:
-    store.add_version(VersionSpec(
-        WS, "data",
-        [AssetSource(f"part-{i}.parquet", data=_parquet(_frame(i))) for i in range(PARTS)],
-        version="1.0.0"))
-    store.add_version(VersionSpec(
-        WS, "small",
-        [AssetSource(f"n/{i:04d}.txt", data=f"{i}\n{i * 3}\n".encode()) for i in range(SMALL)],
-        version="1.0.0"))
+    store.add_version(
+        VersionSpec(
+            WS,
+            "data",
+            [AssetSource(f"part-{i}.parquet", data=_parquet(_frame(i))) for i in range(PARTS)],
+            version="1.0.0",
+        )
+    )
+    store.add_version(
+        VersionSpec(
+            WS,
+            "small",
+            [AssetSource(f"n/{i:04d}.txt", data=f"{i}\n{i * 3}\n".encode()) for i in range(SMALL)],
+            version="1.0.0",
+        )
+    )
     return server
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[distributed.Client]:
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=None, host="127.0.0.1") as local, \
-            distributed.Client(local) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            processes=True,
+            threads_per_worker=1,
+            dashboard_address=None,
+            host="127.0.0.1",
+        ) as local,
+        distributed.Client(local) as client,
+    ):
         yield client
 
 
 def test_read_parquet_and_bag_on_worker_processes(
-        world: CometServer, cluster: distributed.Client, api_key: str, tmp_path: Path) -> None:
-    options = {"server_url": world.url, "api_key": api_key,
-               "cache_dir": str(tmp_path / "worker-cache")}
+    world: CometServer, cluster: distributed.Client, api_key: str, tmp_path: Path
+) -> None:
+    options = {
+        "server_url": world.url,
+        "api_key": api_key,
+        "cache_dir": str(tmp_path / "worker-cache"),
+    }
     frame = dd.read_parquet(f"comet://{WS}/data/1.0.0/*.parquet", storage_options=options)
     got = frame.compute().sort_values("x").reset_index(drop=True)
     expected = pd.concat([_frame(i) for i in range(PARTS)]).reset_index(drop=True)
@@ -78,8 +97,7 @@ def test_read_parquet_and_bag_on_worker_processes(
     assert total == sum(i + 3 * i for i in range(SMALL))
 
     # Both worker processes read (each with its own Engine), not the client process.
-    readers = {entry["params"].get("assetId") for entry in world.request_log.entries(
-        "get-asset")}
+    readers = {entry["params"].get("assetId") for entry in world.request_log.entries("get-asset")}
     assert len(readers) == PARTS + SMALL
     workers = cluster.run(lambda: __import__("os").getpid())
     assert len(workers) == 2

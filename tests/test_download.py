@@ -62,9 +62,16 @@ def http_file() -> Iterator[str]:
 
 @pytest.fixture
 def world(store: ArtifactStore, sdk_env: CometServer, http_file: str) -> CometServer:
-    store.add_version(VersionSpec(WS, ART, [AssetSource(p, data=b) for p, b in FILES.items()],
-                      version="1.0.0", aliases=["best"],
-                      remotes={"remote/r.csv": http_file, "remote/s3.bin": "s3://b/k"}))
+    store.add_version(
+        VersionSpec(
+            WS,
+            ART,
+            [AssetSource(p, data=b) for p, b in FILES.items()],
+            version="1.0.0",
+            aliases=["best"],
+            remotes={"remote/r.csv": http_file, "remote/s3.bin": "s3://b/k"},
+        )
+    )
     return sdk_env
 
 
@@ -75,8 +82,11 @@ def engine(world: CometServer, api_key: str, tmp_path: Path) -> Iterator[Engine]
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _prepare(root: Path) -> None:
@@ -91,14 +101,16 @@ def _prepare(root: Path) -> None:
 @pytest.mark.sdk
 @pytest.mark.parametrize("strategy", ["FAIL", "PRESERVE", "OVERWRITE"])
 def test_each_strategy_leaves_the_tree_the_sdk_leaves(
-        strategy: str, engine: Engine, world: CometServer, tmp_path: Path) -> None:
+    strategy: str, engine: Engine, world: CometServer, tmp_path: Path
+) -> None:
     sdk_dest, our_dest = tmp_path / "sdk", tmp_path / "ours"
     _prepare(sdk_dest)
     _prepare(our_dest)
     sdk_error: Exception | None = None
     try:
         comet_ml.API(cache=False).get_artifact(WS, ART, version="1.0.0").download(
-            str(sdk_dest), overwrite_strategy=strategy)
+            str(sdk_dest), overwrite_strategy=strategy
+        )
     except cx.ArtifactDownloadException as exc:
         sdk_error = exc
     our_error: DownloadError | None = None
@@ -124,7 +136,8 @@ def test_each_strategy_leaves_the_tree_the_sdk_leaves(
 
 
 def test_fresh_download_then_a_second_run_fetches_nothing(
-        engine: Engine, world: CometServer, api_key: str, tmp_path: Path) -> None:
+    engine: Engine, world: CometServer, api_key: str, tmp_path: Path
+) -> None:
     dest = tmp_path / "out"
     result = download(engine, f"{WS}/{ART}:best", dest, jobs=3)
     assert result.version == f"{WS}/{ART}:1.0.0"
@@ -158,16 +171,29 @@ def test_unknown_version_and_bad_spec(engine: Engine, tmp_path: Path) -> None:
     assert parse_spec("w/n:2.0.0") == ("w", "n", "2.0.0")
 
 
-def _cli(args: list[str], server: CometServer, api_key: str, tmp_path: Path
-         ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COMET_API_KEY": api_key, "COMET_URL_OVERRIDE": server.url,
-           "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    return subprocess.run([sys.executable, "-m", "cometfs.cli", "download", *args],
-                          env=env, capture_output=True, text=True, timeout=60, check=False)
+def _cli(
+    args: list[str], server: CometServer, api_key: str, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "COMET_API_KEY": api_key,
+        "COMET_URL_OVERRIDE": server.url,
+        "HOME": str(tmp_path),
+        "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "cometfs.cli", "download", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_cli_exit_codes_and_quiet_output_off_a_terminal(
-        world: CometServer, api_key: str, tmp_path: Path) -> None:
+    world: CometServer, api_key: str, tmp_path: Path
+) -> None:
     dest = tmp_path / "cli"
     ok = _cli([f"{WS}/{ART}:1.0.0", str(dest), "--jobs", "2"], world, api_key, tmp_path)
     assert ok.returncode == 0, ok.stderr
@@ -180,12 +206,14 @@ def test_cli_exit_codes_and_quiet_output_off_a_terminal(
     failed = _cli([f"{WS}/{ART}", str(dest)], world, api_key, tmp_path)
     assert failed.returncode == 1
     assert "conf/b.json" in failed.stderr and "different content" in failed.stderr
-    kept = _cli([f"{WS}/{ART}", str(dest), "--overwrite-strategy", "preserve"],
-                world, api_key, tmp_path)
+    kept = _cli(
+        [f"{WS}/{ART}", str(dest), "--overwrite-strategy", "preserve"], world, api_key, tmp_path
+    )
     assert kept.returncode == 0 and "kept" in kept.stderr
     assert (dest / "conf/b.json").read_bytes() == b"edited\n"
-    replaced = _cli([f"{WS}/{ART}", str(dest), "--overwrite-strategy", "OVERWRITE"],
-                    world, api_key, tmp_path)
+    replaced = _cli(
+        [f"{WS}/{ART}", str(dest), "--overwrite-strategy", "OVERWRITE"], world, api_key, tmp_path
+    )
     assert replaced.returncode == 0
     assert _tree(dest) == FILES
     missing = _cli([f"{WS}/{ART}:9.9.9", str(tmp_path / "none")], world, api_key, tmp_path)

@@ -32,8 +32,12 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-FILES = {"train.csv": CSV.encode(), "part.parquet": _parquet(FRAME),
-         "nested/x/y.txt": b"deep\n", "nested/z.txt": b"z\n"}
+FILES = {
+    "train.csv": CSV.encode(),
+    "part.parquet": _parquet(FRAME),
+    "nested/x/y.txt": b"deep\n",
+    "nested/z.txt": b"z\n",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -45,10 +49,23 @@ def _registered() -> Iterator[None]:
 
 
 @pytest.fixture
-def world(store: ArtifactStore, server: CometServer, api_key: str, tmp_path: Path,
-          monkeypatch: pytest.MonkeyPatch) -> CometServer:
-    store.add_version(VersionSpec(WS, ART, [AssetSource(p, data=b) for p, b in FILES.items()],
-                      version="1.0.0", aliases=["prod"], remotes=dict([REMOTE])))
+def world(
+    store: ArtifactStore,
+    server: CometServer,
+    api_key: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> CometServer:
+    store.add_version(
+        VersionSpec(
+            WS,
+            ART,
+            [AssetSource(p, data=b) for p, b in FILES.items()],
+            version="1.0.0",
+            aliases=["prod"],
+            remotes=dict([REMOTE]),
+        )
+    )
     for var in ("COMET_CONFIG", "COMET_INI", "COMET_WORKSPACE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("COMET_API_KEY", api_key)
@@ -124,7 +141,9 @@ def test_ls_info_glob_exists(fs: CometFileSystem) -> None:
     remote = fs.info(f"{WS}/{ART}/1.0.0/{REMOTE[0]}")
     assert (remote["type"], remote["destination"]) == ("other", REMOTE[1])
     assert sorted(fs.glob(f"{WS}/{ART}/1.0.0/nested/**/*.txt")) == [
-        f"{WS}/{ART}/1.0.0/nested/x/y.txt", f"{WS}/{ART}/1.0.0/nested/z.txt"]
+        f"{WS}/{ART}/1.0.0/nested/x/y.txt",
+        f"{WS}/{ART}/1.0.0/nested/z.txt",
+    ]
     assert fs.glob(f"comet://{WS}/{ART}/prod/*.csv") == [f"{WS}/{ART}/prod/train.csv"]
     assert fs.exists(f"{WS}/{ART}/latest/train.csv")
     assert not fs.exists(f"{WS}/{ART}/latest/nope.csv")
@@ -135,8 +154,7 @@ def test_ls_info_glob_exists(fs: CometFileSystem) -> None:
         fs.cat_file(f"{WS}/nothing/1.0.0/x")
     with pytest.raises(IsADirectoryError):
         fs.cat_file(f"{WS}/{ART}/1.0.0/{REMOTE[0]}")
-    assert ".comet/assets.json" in {p.split("1.0.0/", 1)[1]
-                                    for p in fs.find(f"{WS}/{ART}/1.0.0")}
+    assert ".comet/assets.json" in {p.split("1.0.0/", 1)[1] for p in fs.find(f"{WS}/{ART}/1.0.0")}
 
 
 def test_key_from_environment_is_not_pickled(fs: CometFileSystem, api_key: str) -> None:
@@ -147,9 +165,9 @@ def test_key_from_environment_is_not_pickled(fs: CometFileSystem, api_key: str) 
     assert clone.cat_file(f"{WS}/{ART}/1.0.0/nested/z.txt") == b"z\n"
 
 
-def test_explicit_options_travel_with_the_pickle(world: CometServer, api_key: str,
-                                                 tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explicit_options_travel_with_the_pickle(
+    world: CometServer, api_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fs = CometFileSystem(server_url=world.url, api_key=api_key, cache_dir=tmp_path / "c2")
     try:
         assert api_key not in repr(fs)
@@ -162,7 +180,8 @@ def test_explicit_options_travel_with_the_pickle(world: CometServer, api_key: st
 
 
 def test_a_fresh_process_takes_server_and_key_from_the_environment(
-        world: CometServer, tmp_path: Path) -> None:
+    world: CometServer, tmp_path: Path
+) -> None:
     import subprocess
 
     code = (
@@ -171,7 +190,8 @@ def test_a_fresh_process_takes_server_and_key_from_the_environment(
         "fsspec.register_implementation('comet', CometFileSystem, clobber=True)\n"
         f"print(len(pd.read_csv('comet://{WS}/{ART}/latest/train.csv')))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "300"

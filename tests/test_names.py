@@ -93,8 +93,18 @@ def test_long_names_that_differ_late_get_different_file_names() -> None:
 def test_only_uris_that_stay_inside_may_become_symlinks() -> None:
     for good in ("s3://bucket/key", "gs://b//c", "https://h/x?y=1#z", "a+b-c.d:x"):
         assert remote_link_refusal(good, "sub/dir") is None, good
-    for bad in (None, "", "/root/.bashrc", "../../etc/shadow", "../../..", "relative/x",
-                "1x:/y", ":x", "s3:\0x", "-s3://x"):
+    for bad in (
+        None,
+        "",
+        "/root/.bashrc",
+        "../../etc/shadow",
+        "../../..",
+        "relative/x",
+        "1x:/y",
+        ":x",
+        "s3:\0x",
+        "-s3://x",
+    ):
         assert remote_link_refusal(bad) == NOT_A_URI, bad
     assert "4095" in str(remote_link_refusal("s3://" + "x" * 4091))
     assert remote_link_refusal("s3://" + "x" * 4090) is None

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -117,7 +118,7 @@ class FakeSource:
                 self.probe()
             if self.fetch_gate is not None:
                 await self.fetch_gate.wait()
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             if call in self.fail_calls:
                 raise self.fail_calls[call]
             if self.ignore_range:
@@ -144,7 +145,7 @@ class FakeSource:
             chunk = data(position, min(position + n, key.size))
             await sink(chunk + b"\0" * (n - len(chunk)))
             position += n
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         self.streams_finished += 1
 
 
@@ -339,9 +340,7 @@ def test_parallel_fetches_are_bounded() -> None:
     async def scenario() -> None:
         source.fetch_gate = trio.Event()
         # No readahead: the read at offset 0 would add a fetch of its own.
-        reader = AssetReader(
-            source, None, max_parallel_fetches=2, min_readahead=0, max_readahead=0
-        )
+        reader = AssetReader(source, None, max_parallel_fetches=2, min_readahead=0, max_readahead=0)
         async with reader, trio.open_nursery() as nursery:
             for n in range(6):
                 nursery.start_soon(read_at, reader, key, n * 10 * MIB, 1000)
@@ -661,8 +660,9 @@ def test_disk_write_failures_do_not_fail_reads(
 
     async def scenario() -> None:
         disk = BrokenDisk(tmp_path, MIB, block_size=64 * KIB)
-        async with AssetReader(source, disk, block_size=64 * KIB, min_readahead=0,
-                               max_readahead=0) as reader:
+        async with AssetReader(
+            source, disk, block_size=64 * KIB, min_readahead=0, max_readahead=0
+        ) as reader:
             assert await read_all(reader, key, 64 * KIB) == pattern(0, key.size)
             await reader.wait_idle()
             assert reader.stats()["disk_errors"] == 10  # one per single-block fetch

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -89,8 +90,13 @@ def test_chunks_and_blocks_mixed_serve_exactly_the_source_bytes(
 
     async def scenario(disk: DiskCache | None) -> None:
         async with AssetReader(
-            source, disk, block_size=1024, random_span=128, memory_budget=budget,
-            min_readahead=1024, max_readahead=4096,
+            source,
+            disk,
+            block_size=1024,
+            random_span=128,
+            memory_budget=budget,
+            min_readahead=1024,
+            max_readahead=4096,
         ) as reader:
             handle = reader.open(key)
             for n, (offset, length) in enumerate(reads):
@@ -358,14 +364,14 @@ def test_a_fetch_landing_while_the_reader_leaves_is_dropped_quietly(
 
             async def release_once_leaving() -> None:
                 while reader._nursery is not None:  # poll: no public "leaving" signal
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
                 assert source.fetch_gate is not None
                 source.fetch_gate.set()
 
             async with reader:
                 outer.start_soon(read_once)
                 while not source.active:
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
                 outer.start_soon(release_once_leaving)
             assert reader.stats()["memory_held"] == 0
 

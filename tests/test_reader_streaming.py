@@ -33,18 +33,27 @@ class ChunkSource:
             await sink(self.data[start : start + self.chunk])
 
 
-async def _load(source: ChunkSource, key: AssetKey, pieces: list[tuple[Piece, int, int]]
-                ) -> tuple[list[Slot], dict[str, int], MemoryCache, SlotTable]:
+async def _load(
+    source: ChunkSource, key: AssetKey, pieces: list[tuple[Piece, int, int]]
+) -> tuple[list[Slot], dict[str, int], MemoryCache, SlotTable]:
     memory = MemoryCache(1 << 20)
     table = SlotTable(memory)
     counts = {"streams": 0, "bytes_streamed": 0, "stream_errors": 0}
     async with trio.open_nursery() as nursery:
+
         def spawn(fn: Callable[..., Awaitable[None]], *args: object) -> None:
             nursery.start_soon(fn, *args)
 
         loader = StreamLoader(
-            source, table, memory, None, block_size=BLOCK, span=SPAN, counts=counts,
-            spawn=spawn, disk_trouble=lambda action, exc: None,
+            source,
+            table,
+            memory,
+            None,
+            block_size=BLOCK,
+            span=SPAN,
+            counts=counts,
+            spawn=spawn,
+            disk_trouble=lambda action, exc: None,
         )
         slots = {piece: table.add(piece, start, end) for piece, start, end in pieces}
         loader.load(key, slots)

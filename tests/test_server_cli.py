@@ -30,8 +30,13 @@ def _env(**extra: str) -> dict[str, str]:
 @contextmanager
 def serving(args: list[str], env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Run `cometfs serve ARGS --port 0`, yield (process, url), always stop it."""
-    proc = subprocess.Popen([sys.executable, "-m", "cometfs.cli", "serve", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cometfs.cli", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # blocks until listening (or the process exits)
@@ -60,33 +65,47 @@ def test_key_file_keeps_keys_out_of_ps(tmp_path: Path, api_key: str) -> None:
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         assert str(keys) in cmdline
         assert api_key not in cmdline and "other-key-42" not in cmdline
-        r = requests.get(url + REST + "workspaces", headers={"Authorization": api_key},
-                         timeout=10)
+        r = requests.get(url + REST + "workspaces", headers={"Authorization": api_key}, timeout=10)
         assert r.json() == {"workspaceNames": ["ws1"]}  # the workspace list applies
-        r = requests.get(url + REST + "workspaces", headers={"Authorization": "other-key-42"},
-                         timeout=10)
+        r = requests.get(
+            url + REST + "workspaces", headers={"Authorization": "other-key-42"}, timeout=10
+        )
         assert r.status_code == 200
-        r = requests.get(url + REST + "workspaces", headers={"Authorization": "nope"},
-                         timeout=10)
+        r = requests.get(url + REST + "workspaces", headers={"Authorization": "nope"}, timeout=10)
         assert r.status_code == 401
 
 
 def test_comet_api_key_env_still_works(tmp_path: Path, api_key: str) -> None:
     with serving(["--store", str(tmp_path / "store")], _env(COMET_API_KEY=api_key)) as (_, url):
-        r = requests.get(url + REST + "workspaces", headers={"Authorization": api_key},
-                         timeout=10)
+        r = requests.get(url + REST + "workspaces", headers={"Authorization": api_key}, timeout=10)
         assert r.status_code == 200
 
 
 def test_key_file_readable_by_others_is_refused(tmp_path: Path, api_key: str) -> None:
     keys = _key_file(tmp_path, api_key + "\n", mode=0o644)
     done = subprocess.run(
-        [sys.executable, "-m", "cometfs.cli", "serve", "--port", "0", "--store",
-         str(tmp_path / "store"), "--api-key-file", str(keys)],
-        capture_output=True, text=True, env=_env(), timeout=30)
+        [
+            sys.executable,
+            "-m",
+            "cometfs.cli",
+            "serve",
+            "--port",
+            "0",
+            "--store",
+            str(tmp_path / "store"),
+            "--api-key-file",
+            str(keys),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=30,
+    )
     assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr == (f"cometfs serve: API key file {keys} is accessible by group or "
-                           f"others (mode 0644): run chmod 600 {keys}\n")
+    assert done.stderr == (
+        f"cometfs serve: API key file {keys} is accessible by group or "
+        f"others (mode 0644): run chmod 600 {keys}\n"
+    )
     assert api_key not in done.stderr
 
 
@@ -108,12 +127,26 @@ def test_busy_port_is_one_clear_line(tmp_path: Path, api_key: str) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "cometfs.cli", "serve", "--port", str(port), "--store",
-             str(tmp_path / "store")],
-            capture_output=True, text=True, env=_env(COMET_API_KEY=api_key), timeout=30)
+            [
+                sys.executable,
+                "-m",
+                "cometfs.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--store",
+                str(tmp_path / "store"),
+            ],
+            capture_output=True,
+            text=True,
+            env=_env(COMET_API_KEY=api_key),
+            timeout=30,
+        )
     assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr == (f"cometfs serve: port {port} on 127.0.0.1 is in use: stop the other "
-                           f"server or pass --port N\n")
+    assert done.stderr == (
+        f"cometfs serve: port {port} on 127.0.0.1 is in use: stop the other "
+        f"server or pass --port N\n"
+    )
 
 
 def _subcommand(*names: str) -> argparse.ArgumentParser:
@@ -136,8 +169,9 @@ def test_every_flag_has_help_with_its_default(names: tuple[str, ...]) -> None:
 
 
 def test_serve_parses_latency_and_key_files(tmp_path: Path) -> None:
-    args = build_parser().parse_args(["serve", "--latency", "0.025", "--api-key-file", "a",
-                                      "--api-key-file", "b"])
+    args = build_parser().parse_args(
+        ["serve", "--latency", "0.025", "--api-key-file", "a", "--api-key-file", "b"]
+    )
     assert args.latency == 0.025 and args.api_key_file == [Path("a"), Path("b")]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--latency", "-1"])
@@ -150,6 +184,7 @@ def test_serve_latency_flag(tmp_path: Path, api_key: str) -> None:
     with serving(args, _env(COMET_API_KEY=api_key)) as (_, url):
         for _ in range(2):
             t0 = time.monotonic()
-            r = requests.get(url + REST + "workspaces", headers={"Authorization": api_key},
-                             timeout=10)
+            r = requests.get(
+                url + REST + "workspaces", headers={"Authorization": api_key}, timeout=10
+            )
             assert r.status_code == 200 and time.monotonic() - t0 >= 0.3

@@ -32,20 +32,38 @@ class Signer:
 
 @pytest.fixture
 def filled(store: ArtifactStore) -> ArtifactStore:
-    store.add_version(VersionSpec("ws1", "data", [AssetSource("a.bin", data=b"one")],
-                                  aliases=["prod"]))
-    store.add_version(VersionSpec("ws1", "data", [AssetSource("a.bin", data=b"two")],
-                                  remotes={"r.csv": "s3://bucket/r.csv"}))
+    store.add_version(
+        VersionSpec("ws1", "data", [AssetSource("a.bin", data=b"one")], aliases=["prod"])
+    )
+    store.add_version(
+        VersionSpec(
+            "ws1",
+            "data",
+            [AssetSource("a.bin", data=b"two")],
+            remotes={"r.csv": "s3://bucket/r.csv"},
+        )
+    )
     store.add_version(VersionSpec("ws2", "other", [AssetSource("o", data=b"o")]))
     return store
 
 
 def call(
-    store: ArtifactStore, path: str, params: dict[str, str] | None = None, *,
-    key: ApiKey | None = ALL, redirect: bool = False,
+    store: ArtifactStore,
+    path: str,
+    params: dict[str, str] | None = None,
+    *,
+    key: ApiKey | None = ALL,
+    redirect: bool = False,
 ) -> Response:
-    request = Request(path=path, params=params or {}, store=store, signer=Signer(), key=key,
-                      host="127.0.0.1:9", redirect=redirect)
+    request = Request(
+        path=path,
+        params=params or {},
+        store=store,
+        signer=Signer(),
+        key=key,
+        host="127.0.0.1:9",
+        redirect=redirect,
+    )
     return ep.route(path).endpoint(request)
 
 
@@ -96,8 +114,10 @@ def test_version_by_alias_version_or_alias_and_latest(filled: ArtifactStore) -> 
     path = REST_PREFIX + "artifacts/version"
     common = {"workspace": "ws1", "artifactName": "data"}
     assert body(call(filled, path, {"alias": "prod", **common}))[Field.ARTIFACT_VERSION] == "1.0.0"
-    assert body(call(filled, path, {"versionOrAlias": "latest", **common}))[
-        Field.ARTIFACT_VERSION] == "2.0.0"
+    assert (
+        body(call(filled, path, {"versionOrAlias": "latest", **common}))[Field.ARTIFACT_VERSION]
+        == "2.0.0"
+    )
     assert body(call(filled, path, common))[Field.ALIAS] == ["Latest"]
     with pytest.raises(HttpError) as err:
         call(filled, path, {"version": "9.0.0", **common})

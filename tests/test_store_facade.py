@@ -159,7 +159,6 @@ def test_stream_hands_chunks_to_the_sink_on_the_trio_thread() -> None:
     assert set(trio_thread) == {threading.get_ident()}
 
 
-
 def test_two_hundred_lookups_of_a_missing_name_cost_one_request() -> None:
     client = FakeClient()
     client.fail = NotFound("no such workspace")
@@ -175,11 +174,14 @@ def test_two_hundred_lookups_of_a_missing_name_cost_one_request() -> None:
     assert store.stats()["errors_cached"] == 199
 
 
-@pytest.mark.parametrize("outage", [
-    TransientError("connection refused"),
-    ProtocolError("not JSON"),
-    ApiError("bad gateway", status=502),
-])
+@pytest.mark.parametrize(
+    "outage",
+    [
+        TransientError("connection refused"),
+        ProtocolError("not JSON"),
+        ApiError("bad gateway", status=502),
+    ],
+)
 def test_an_expired_listing_is_served_stale_through_an_outage(
     outage: Exception, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -27,17 +27,33 @@ WS = "ws"
 
 def version(name: str, number: str, aliases: Iterable[str] = ()) -> ArtifactVersion:
     return ArtifactVersion(
-        version_id=f"vid-{name}-{number}", artifact_id=f"aid-{name}", workspace=WS, name=name,
-        artifact_type="dataset", version=number, aliases=tuple(aliases), artifact_tags=(),
-        version_tags=(), size=0, source_experiment_key=None, created_ms=1_700_000_000_000,
+        version_id=f"vid-{name}-{number}",
+        artifact_id=f"aid-{name}",
+        workspace=WS,
+        name=name,
+        artifact_type="dataset",
+        version=number,
+        aliases=tuple(aliases),
+        artifact_tags=(),
+        version_tags=(),
+        size=0,
+        source_experiment_key=None,
+        created_ms=1_700_000_000_000,
     )
 
 
-def asset(path: str, asset_id: str, *, size: int = 3, link: str | None = None,
-          problem: str | None = None) -> Asset:
+def asset(
+    path: str, asset_id: str, *, size: int = 3, link: str | None = None, problem: str | None = None
+) -> Asset:
     return Asset(
-        asset_id=asset_id, artifact_version_id="vid", logical_path=path, size=size,
-        remote=link is not None, link=link, asset_type="asset", problem=problem,
+        asset_id=asset_id,
+        artifact_version_id="vid",
+        logical_path=path,
+        size=size,
+        remote=link is not None,
+        link=link,
+        asset_type="asset",
+        problem=problem,
     )
 
 
@@ -52,11 +68,23 @@ class FakeComet:
         self.down = False
         self._lock = threading.Lock()
 
-    def add(self, name: str, versions: list[ArtifactVersion],
-            assets: dict[str, list[Asset]], latest: str | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        versions: list[ArtifactVersion],
+        assets: dict[str, list[Asset]],
+        latest: str | None = None,
+    ) -> None:
         self.artifacts_by_name[name] = Artifact(
-            artifact_id=f"aid-{name}", workspace=WS, name=name, artifact_type="dataset",
-            description=None, tags=(), latest_version=latest, is_public=False, size=0,
+            artifact_id=f"aid-{name}",
+            workspace=WS,
+            name=name,
+            artifact_type="dataset",
+            description=None,
+            tags=(),
+            latest_version=latest,
+            is_public=False,
+            size=0,
             versions=tuple(versions),
         )
         for number, listed in assets.items():
@@ -84,8 +112,9 @@ class FakeComet:
             raise NotFound(name)
         return self.artifacts_by_name[name]
 
-    def artifact_version(self, workspace: str, name: str, *, version: str | None = None,
-                         alias: str | None = None) -> ArtifactVersion:
+    def artifact_version(
+        self, workspace: str, name: str, *, version: str | None = None, alias: str | None = None
+    ) -> ArtifactVersion:
         self._call("artifact_version")
         if name not in self.artifacts_by_name:
             raise NotFound(name)
@@ -214,10 +243,17 @@ def test_only_uri_links_that_stay_inside_become_symlinks() -> None:
 
         listed = await read_json(tree, f"{WS}/cats/latest/.comet/assets.json")
         assert {a["logical_path"] for a in listed} == {
-            "train/cat/0.jpg", *HOSTILE_LINKS, *GOOD_LINKS}
+            "train/cat/0.jpg",
+            *HOSTILE_LINKS,
+            *GOOD_LINKS,
+        }
         by_path = {a["logical_path"]: a for a in listed}
-        assert by_path["train/cat/1.jpg"] == {**by_path["train/cat/1.jpg"], "path": None,
-                                              "remote": True, "link": "/root/.bashrc"}
+        assert by_path["train/cat/1.jpg"] == {
+            **by_path["train/cat/1.jpg"],
+            "path": None,
+            "remote": True,
+            "link": "/root/.bashrc",
+        }
         path_map = await read_json(tree, f"{WS}/cats/production/.comet/path-map.json")
         reasons = {m["logical_path"]: m["reason"] for m in path_map}
         assert set(reasons) == set(HOSTILE_LINKS) - {"train/train:x"}
@@ -225,16 +261,22 @@ def test_only_uri_links_that_stay_inside_become_symlinks() -> None:
         assert reasons["train/cat/2.jpg"] == NOT_A_URI
         assert reasons["train/cat/4.jpg"] == NOT_A_URI
         assert "4095" in reasons["train/cat/5.jpg"]
-        assert reasons["train/s3:"] == reasons["train/real.jpg"] == (
-            "remote link would resolve to an entry of the version")
+        assert (
+            reasons["train/s3:"]
+            == reasons["train/real.jpg"]
+            == ("remote link would resolve to an entry of the version")
+        )
 
     trio.run(main)
 
 
 def test_a_cached_file_stays_reachable_after_the_ttl_with_the_server_down() -> None:
     comet = FakeComet()
-    comet.add("data", [version("data", "1.0.0", ["prod"]), version("data", "2.0.0")],
-              {"1.0.0": [asset("a.txt", "a1")], "2.0.0": [asset("b.txt", "b2")]})
+    comet.add(
+        "data",
+        [version("data", "1.0.0", ["prod"]), version("data", "2.0.0")],
+        {"1.0.0": [asset("a.txt", "a1")], "2.0.0": [asset("b.txt", "b2")]},
+    )
     clock = Clock()
     tree = make_tree(comet, clock)
 
@@ -261,9 +303,14 @@ def test_a_bad_version_or_asset_is_skipped_not_an_error_for_its_neighbours() -> 
     comet = FakeComet()
     numbers = ["1.0.0", "v1", "1.0", "01.0.0", "2.0.0", "1.0.0"]
     comet.add(
-        "mixed", [version("mixed", n, ["good"] if n == "2.0.0" else ["bad"]) for n in numbers],
-        {"2.0.0": [asset("ok.bin", "ok"), asset("neg.bin", "neg", size=0,
-                                                problem="fileSize -1 is not a size")]},
+        "mixed",
+        [version("mixed", n, ["good"] if n == "2.0.0" else ["bad"]) for n in numbers],
+        {
+            "2.0.0": [
+                asset("ok.bin", "ok"),
+                asset("neg.bin", "neg", size=0, problem="fileSize -1 is not a size"),
+            ]
+        },
         latest="v1",
     )
     tree = make_tree(comet)
@@ -286,8 +333,14 @@ def test_a_bad_version_or_asset_is_skipped_not_an_error_for_its_neighbours() -> 
         with pytest.raises(NotFound):
             await walk_path(tree, f"{WS}/mixed/2.0.0/neg.bin")
         path_map = await read_json(tree, f"{WS}/mixed/2.0.0/.comet/path-map.json")
-        assert path_map == [{"logical_path": "neg.bin", "path": None, "id": "neg",
-                             "reason": "fileSize -1 is not a size"}]
+        assert path_map == [
+            {
+                "logical_path": "neg.bin",
+                "path": None,
+                "id": "neg",
+                "reason": "fileSize -1 is not a size",
+            }
+        ]
         workspace = await read_json(tree, f"{WS}/.comet/artifacts.json")
         assert workspace[0]["latest_version"] == "v1"
 
@@ -300,8 +353,11 @@ def test_names_over_255_bytes_are_shortened_and_resolvable() -> None:
     long_version = "1.0.0-" + "r" * 300
     comet = FakeComet()
     comet.workspace_names = ["w" * 256]
-    comet.add(long_artifact, [version(long_artifact, long_version, [long_alias])],
-              {long_version: [asset("x.txt", "x")]})
+    comet.add(
+        long_artifact,
+        [version(long_artifact, long_version, [long_alias])],
+        {long_version: [asset("x.txt", "x")]},
+    )
 
     async def main() -> None:
         tree = make_tree(comet)
@@ -312,21 +368,29 @@ def test_names_over_255_bytes_are_shortened_and_resolvable() -> None:
             assert isinstance(node, Directory)
             entries = await tree.children(node)
             seen += list(entries)
-            name = next(n for n in sorted(entries) if n not in (".comet", "latest")
-                        and not isinstance(entries[n], Symlink))
+            name = next(
+                n
+                for n in sorted(entries)
+                if n not in (".comet", "latest") and not isinstance(entries[n], Symlink)
+            )
             node = await tree.lookup(node, name)
             assert node is entries[name]
         assert isinstance(await tree.lookup(node, "x.txt"), AssetFile)
         assert all(len(n.encode()) <= NAME_MAX for n in seen)
         artifact_dir = await tree.lookup(
             await tree.lookup(tree.root, next(n for n in seen if n.startswith("w"))),
-            next(n for n in seen if n.startswith("aaa")))
+            next(n for n in seen if n.startswith("aaa")),
+        )
         assert isinstance(artifact_dir, Directory)
-        links = {n: c for n, c in (await tree.children(artifact_dir)).items()
-                 if isinstance(c, Symlink)}
+        links = {
+            n: c for n, c in (await tree.children(artifact_dir)).items() if isinstance(c, Symlink)
+        }
         assert len(links) == 2  # latest and the shortened alias, both onto the version dir
-        versions = [n for n, c in (await tree.children(artifact_dir)).items()
-                    if isinstance(c, Directory) and n != ".comet"]
+        versions = [
+            n
+            for n, c in (await tree.children(artifact_dir)).items()
+            if isinstance(c, Directory) and n != ".comet"
+        ]
         assert {c.target for c in links.values()} == set(versions)
         assert all(len(n.encode()) <= NAME_MAX for n in [*links, *versions])
         # Deterministic: a second tree shows the same names.
@@ -361,8 +425,11 @@ def test_forgotten_nodes_leave_the_inode_table() -> None:
     is back to a few nodes (it grew by one inode per entry and per move before)."""
     comet = FakeComet()
     assets = [asset(f"d{i // 1000}/f{i}.bin", f"id{i}") for i in range(100_000)]
-    comet.add("big", [version("big", "1.0.0", ["a0"]), version("big", "2.0.0")],
-              {"1.0.0": assets, "2.0.0": []})
+    comet.add(
+        "big",
+        [version("big", "1.0.0", ["a0"]), version("big", "2.0.0")],
+        {"1.0.0": assets, "2.0.0": []},
+    )
     clock = Clock()
     tree = make_tree(comet, clock)
     held: Counter[int] = Counter()
@@ -386,10 +453,14 @@ def test_forgotten_nodes_leave_the_inode_table() -> None:
                     held[child.inode] += 1
         for move in range(300):  # the alias moves between versions
             target = "1.0.0" if move % 2 else "2.0.0"
-            comet.add("big", [version("big", "1.0.0", [f"a{move}"] if target == "1.0.0"
-                                      else []),
-                              version("big", "2.0.0", [f"a{move}"] if target == "2.0.0"
-                                      else [])], {})
+            comet.add(
+                "big",
+                [
+                    version("big", "1.0.0", [f"a{move}"] if target == "1.0.0" else []),
+                    version("big", "2.0.0", [f"a{move}"] if target == "2.0.0" else []),
+                ],
+                {},
+            )
             clock.now += 31
             await lookup(artifact, f"a{move}")
         assert tree.inode_count > 100_000
@@ -425,8 +496,11 @@ def test_editable_comet_files_are_opened_with_direct_io() -> None:
         for name in ("aliases.json", "tags.json", "artifact.json", "metadata.json"):
             info = await open_file(base + name)
             assert info.direct_io and not info.keep_cache, name
-        for path in (f"{WS}/.comet/artifacts.json", f"{WS}/data/.comet/artifact.json",
-                     ".comet/status.json"):
+        for path in (
+            f"{WS}/.comet/artifacts.json",
+            f"{WS}/data/.comet/artifact.json",
+            ".comet/status.json",
+        ):
             assert (await open_file(path)).direct_io, path
         assert not (await open_file(base + "assets.json")).direct_io
         # The document is fixed per handle: a change after open does not reach the reader.

@@ -32,10 +32,25 @@ components = st.one_of(
 paths = st.lists(components, min_size=1, max_size=4).map("/".join)
 links = st.one_of(
     st.none(),
-    st.sampled_from(["", "/etc/passwd", "../../..", "s3:", "s3://b/../../..", "a:/..",
-                     "https://h/x", "gs://b//c", "s3:" + "x" * 5000, "s3:\0"]),
-    st.builds(lambda scheme, rest: f"{scheme}:{rest}",
-              st.sampled_from(["s3", "gs", "a", "1x", "x+y"]), paths),
+    st.sampled_from(
+        [
+            "",
+            "/etc/passwd",
+            "../../..",
+            "s3:",
+            "s3://b/../../..",
+            "a:/..",
+            "https://h/x",
+            "gs://b//c",
+            "s3:" + "x" * 5000,
+            "s3:\0",
+        ]
+    ),
+    st.builds(
+        lambda scheme, rest: f"{scheme}:{rest}",
+        st.sampled_from(["s3", "gs", "a", "1x", "x+y"]),
+        paths,
+    ),
 )
 versions = st.one_of(
     st.sampled_from(["1.0.0", "2.0.0", "1.0.0-rc.1", "v1", "1.0", "01.0.0", "", "1.0.0+b"]),
@@ -73,8 +88,11 @@ def strict_semver(value: str) -> bool:
 @given(st.lists(st.tuples(versions, assets()), min_size=1, max_size=4))
 def test_the_tree_matches_the_reference_model(listing: list[tuple[str, list[Asset]]]) -> None:
     comet = FakeComet()
-    comet.add("art", [version("art", number) for number, _ in listing],
-              {number: listed for number, listed in reversed(listing)})
+    comet.add(
+        "art",
+        [version("art", number) for number, _ in listing],
+        {number: listed for number, listed in reversed(listing)},
+    )
     # The reference: the first strict-semver occurrence of each version is shown.
     expected: dict[str, list[Asset]] = {}
     for number, _ in listing:
@@ -85,11 +103,15 @@ def test_the_tree_matches_the_reference_model(listing: list[tuple[str, list[Asse
     async def main() -> None:
         artifact = await walk_path(tree, f"{WS}/art")
         assert isinstance(artifact, Directory)
-        shown = {n for n, node in (await tree.children(artifact)).items()
-                 if isinstance(node, Directory) and n != ".comet"}
+        shown = {
+            n
+            for n, node in (await tree.children(artifact)).items()
+            if isinstance(node, Directory) and n != ".comet"
+        }
         assert shown == set(expected)
-        summary = json.loads(await tree.content(
-            await walk_path(tree, f"{WS}/art/.comet/artifact.json")))  # type: ignore[arg-type]
+        summary = json.loads(
+            await tree.content(await walk_path(tree, f"{WS}/art/.comet/artifact.json"))
+        )  # type: ignore[arg-type]
         assert len(summary["versions"]) + len(summary["skipped"]) == len(listing)
         for number, listed in expected.items():
             await check_version(number, listed)
@@ -105,15 +127,20 @@ def test_the_tree_matches_the_reference_model(listing: list[tuple[str, list[Asse
         path_map = json.loads(await tree.content(entries[".comet/path-map.json"]))  # type: ignore[arg-type]
         # Nothing hidden: one assets.json entry per listed asset.
         assert sorted((a["logical_path"], a["id"]) for a in assets_json) == sorted(
-            (a.logical_path, a.asset_id) for a in listed)
-        unshown = {(m["logical_path"], m["id"], m["reason"]) for m in path_map
-                   if m["path"] is None}
+            (a.logical_path, a.asset_id) for a in listed
+        )
+        unshown = {(m["logical_path"], m["id"], m["reason"]) for m in path_map if m["path"] is None}
         for entry in assets_json:
-            source = next(a for a in listed if a.logical_path == entry["logical_path"]
-                          and a.asset_id == entry["id"] and a.link == entry["link"]
-                          and a.remote == entry["remote"]
-                          and (entry["path"] is None) == (a.problem is not None or (
-                              a.remote and entry["path"] is None)))
+            source = next(
+                a
+                for a in listed
+                if a.logical_path == entry["logical_path"]
+                and a.asset_id == entry["id"]
+                and a.link == entry["link"]
+                and a.remote == entry["remote"]
+                and (entry["path"] is None)
+                == (a.problem is not None or (a.remote and entry["path"] is None))
+            )
             if entry["path"] is None:
                 assert (source.logical_path, source.asset_id) in {u[:2] for u in unshown}
                 assert source.problem is not None or source.remote
@@ -123,8 +150,9 @@ def test_the_tree_matches_the_reference_model(listing: list[tuple[str, list[Asse
             if source.remote:
                 assert isinstance(node, Symlink) and node.target == source.link
                 assert source.link is not None and URI.match(source.link)
-                resolved = posixpath.normpath(posixpath.join(
-                    "/v", posixpath.dirname(str(entry["path"])), node.target))
+                resolved = posixpath.normpath(
+                    posixpath.join("/v", posixpath.dirname(str(entry["path"])), node.target)
+                )
                 assert resolved.startswith("/v/")
                 try:
                     await walk_path(tree, f"{base}/{entry['path']}")
@@ -137,7 +165,8 @@ def test_the_tree_matches_the_reference_model(listing: list[tuple[str, list[Asse
                 assert node.asset.logical_path == source.logical_path
         # Every asset file on disk is one of the listing's.
         files = [n for n in entries.values() if isinstance(n, AssetFile)]
-        assert len(files) == sum(1 for a in assets_json if a["path"] is not None
-                                 and not a["remote"])
+        assert len(files) == sum(
+            1 for a in assets_json if a["path"] is not None and not a["remote"]
+        )
 
     trio.run(main)

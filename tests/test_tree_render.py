@@ -28,8 +28,19 @@ from cometfs.tree.version import VERSION_FILES
 
 def version(number: str, *, created_ms: int | None = None) -> ArtifactVersion:
     return ArtifactVersion(
-        "vid", "aid", "ws", "data", "dataset", number, ("prod", "b"), ("t2", "t1"), ("v",),
-        10, "exp", {"k": 1}, created_ms=created_ms,
+        "vid",
+        "aid",
+        "ws",
+        "data",
+        "dataset",
+        number,
+        ("prod", "b"),
+        ("t2", "t1"),
+        ("v",),
+        10,
+        "exp",
+        {"k": 1},
+        created_ms=created_ms,
     )
 
 
@@ -51,7 +62,15 @@ def test_path_map_lists_renamed_then_skipped_assets() -> None:
 
 def test_artifact_documents_sort_and_skip() -> None:
     artifact = Artifact(
-        "aid", "ws", "data", "dataset", None, ("b", "a"), "2.0.0", False, 20,
+        "aid",
+        "ws",
+        "data",
+        "dataset",
+        None,
+        ("b", "a"),
+        "2.0.0",
+        False,
+        20,
         (version("2.0.0", created_ms=1_500), version("nope"), version("1.0.0")),
     )
     summary = artifact_summary(artifact)
@@ -67,7 +86,10 @@ def test_version_files_table_names_every_comet_file_once() -> None:
     names = [name for name, _, _ in VERSION_FILES]
     assert len(set(names)) == len(names) == 8
     assert {name for name, _, fixed in VERSION_FILES if not fixed} == {
-        "artifact.json", "metadata.json", "tags.json", "aliases.json",
+        "artifact.json",
+        "metadata.json",
+        "tags.json",
+        "aliases.json",
     }
 
 

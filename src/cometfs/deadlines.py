@@ -114,7 +114,7 @@ class _Guarded:
     """The context manager `Guard.request` returns: a class, not a generator, because it
     wraps every FUSE request on the trio thread and a generator costs twice as much."""
 
-    __slots__ = ("_guard", "_pid", "_entry")
+    __slots__ = ("_entry", "_guard", "_pid")
 
     def __init__(self, guard: Guard, pid: int | None) -> None:
         self._guard = guard

@@ -205,7 +205,7 @@ class _Downloader:
 
 
 def _open_http(url: str) -> IO[bytes]:
-    response: IO[bytes] = urllib.request.urlopen(url, timeout=REMOTE_TIMEOUT)  # noqa: S310
+    response: IO[bytes] = urllib.request.urlopen(url, timeout=REMOTE_TIMEOUT)
     return response
 
 

@@ -73,7 +73,8 @@ def _fuse_errors(
             log.exception("unexpected error in %s", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    return wrapper
+    # functools.wraps returns a _Wrapped, which is exactly this callable.
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(eq=False)

@@ -226,7 +226,8 @@ async def _run(options: MountOptions, client: CometClient, ready: Callable[[], N
         # until `cometfs unmount`, so a tool reading it fails loudly instead of finding an
         # empty directory (an `rsync --delete` from it would wipe the mirror). After an
         # external `fusermount3 -u` the kernel side is gone already.
-        pyfuse3.close(unmount=clean_exit and os.path.ismount(options.mountpoint))
+        # pyfuse3.main has returned: nothing else is left to run on this trio loop.
+        pyfuse3.close(unmount=clean_exit and os.path.ismount(options.mountpoint))  # noqa: ASYNC240
         client.close()
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -82,7 +83,7 @@ def collect(paths: Iterable[str], mounts: list[MountEntry] | None = None) -> lis
     return out
 
 
-def _read_all(path: Path, progress: tqdm, lock: threading.Lock) -> int:
+def _read_all(path: Path, progress: tqdm[Any], lock: threading.Lock) -> int:
     total = 0
     with open(path, "rb", buffering=0) as handle:
         while chunk := handle.read(CHUNK):

@@ -10,15 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "cometfs.cli"]
+from cometfs.testing import CLI, log_problems, mount_pid, unmount
 
 
 def fuse_usable() -> str | None:
@@ -54,8 +52,12 @@ class Mount:
 
     def start(self) -> None:
         result = subprocess.run(
-            [*CLI, "mount", str(self.path), *self.args], env=self.env,
-            capture_output=True, text=True, timeout=90, check=False,
+            [*CLI, "mount", str(self.path), *self.args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
         )
         if result.returncode != 0:
             raise AssertionError(f"mount failed ({result.returncode}): {result.stderr.strip()}")
@@ -64,46 +66,32 @@ class Mount:
     def stop(self) -> None:
         if not self.mounted:
             return
-        result = subprocess.run(
-            [*CLI, "unmount", str(self.path)], env=self.env,
-            capture_output=True, text=True, timeout=60, check=False,
-        )
-        if result.returncode != 0:
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False,
-                           capture_output=True, timeout=30)
         self.mounted = False
-        _wait_unmounted(self.path)
+        if not unmount(self.path, self.env):
+            raise AssertionError(f"{self.path} still mounted after unmounting")
+
+    def pid(self) -> int:
+        """The pid of this mount's daemon (a test failure if it is not running)."""
+        pid = mount_pid(self.path)
+        assert pid is not None, f"no mount process for {self.path}"
+        return pid
 
     def log_problems(self) -> list[str]:
-        if not self.log_file.exists():
-            return []
-        return [
-            line for line in self.log_file.read_text(errors="replace").splitlines()
-            if " WARNING " in line or " ERROR " in line or " CRITICAL " in line
-        ]
-
-
-def _wait_unmounted(path: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if not os.path.ismount(path):
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{path} still mounted after {timeout}s")
+        return log_problems(self.log_file)
 
 
 @pytest.fixture
-def mount_factory(
-    tmp_path: Path, api_key: str
-) -> Iterator[Callable[..., Mount]]:
+def mount_factory(tmp_path: Path, api_key: str) -> Iterator[Callable[..., Mount]]:
     """mount_factory(server, *extra_args, expect_warnings=False) -> a started Mount."""
     mounts: list[Mount] = []
 
-    def make(server: object, *extra: str, expect_warnings: bool = False,
-             cache_dir: Path | None = None, key: str | None = None) -> Mount:
+    def make(
+        server: object,
+        *extra: str,
+        expect_warnings: bool = False,
+        cache_dir: Path | None = None,
+        key: str | None = None,
+    ) -> Mount:
         index = len(mounts)
         path = tmp_path / f"mnt{index}"
         path.mkdir()
@@ -111,8 +99,17 @@ def mount_factory(
         cache = cache_dir or tmp_path / f"cache{index}"
         env = {**os.environ, "COMET_API_KEY": key or api_key, "HOME": str(tmp_path)}
         env.pop("COMET_URL_OVERRIDE", None)
-        args = ["--server-url", server.url, "--cache-dir", str(cache),
-                "--log-file", str(log_file), "--log-level", "INFO", *extra]
+        args = [
+            "--server-url",
+            server.url,
+            "--cache-dir",
+            str(cache),
+            "--log-file",
+            str(log_file),
+            "--log-level",
+            "INFO",
+            *extra,
+        ]
         mount = Mount(path, log_file, cache, args, env, expect_warnings)
         mounts.append(mount)
         mount.start()
@@ -127,6 +124,7 @@ def mount_factory(
             if not mount.expect_warnings:
                 problems += mount.log_problems()
             if mount.log_file.exists() and mount.env["COMET_API_KEY"] in mount.log_file.read_text(
-                    errors="replace"):
+                errors="replace"
+            ):
                 problems.append(f"the API key appears in {mount.log_file}")
         assert not problems, "unexpected WARNING/ERROR in the mount log:\n" + "\n".join(problems)

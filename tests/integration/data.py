@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cometfs.server import ApiKey, ArtifactStore, AssetSource, CometServer, VersionSpec
+from cometfs.server.demo import png_gray
 
 KEY = "test-key-0123456789abcdef"
 WS = "team-ws"
@@ -25,16 +24,7 @@ REMOTE = ("remote/full.csv", "https://example.com/datasets/full.csv")
 def png(width: int, height: int, seed: int) -> bytes:
     """A real (tiny, grey) PNG, so the class-folder scan reads genuine image files."""
     rng = random.Random(seed)
-    rows = b"".join(b"\x00" + bytes(rng.randrange(256) for _ in range(width))
-                    for _ in range(height))
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return png_gray(width, height, [rng.randrange(256) for _ in range(width * height)])
 
 
 def npy(array: np.ndarray) -> bytes:
@@ -73,16 +63,31 @@ def build(store: ArtifactStore, tmp: Path) -> Dataset:
     def sources(files: dict[str, bytes]) -> list[AssetSource]:
         return [AssetSource(path, data=data) for path, data in files.items()]
 
-    store.add_version(VersionSpec(
-        WS, ART, [*sources(v1), AssetSource("big.bin", path=big_file)], version="1.0.0",
-        aliases=["production"], tags=["vision", "demo"], version_tags=["first"],
-        metadata={"epochs": 3, "source": "unit"}, remotes=dict([REMOTE]),
-    ))
-    store.add_version(VersionSpec(
-        WS, ART, [*sources(v2), AssetSource("big.bin", path=big_file)], version="2.0.0",
-        aliases=["staging"], version_tags=["second", "candidate"],
-        metadata={"epochs": 5}, remotes=dict([REMOTE]),
-    ))
+    store.add_version(
+        VersionSpec(
+            WS,
+            ART,
+            [*sources(v1), AssetSource("big.bin", path=big_file)],
+            version="1.0.0",
+            aliases=["production"],
+            tags=["vision", "demo"],
+            version_tags=["first"],
+            metadata={"epochs": 3, "source": "unit"},
+            remotes=dict([REMOTE]),
+        )
+    )
+    store.add_version(
+        VersionSpec(
+            WS,
+            ART,
+            [*sources(v2), AssetSource("big.bin", path=big_file)],
+            version="2.0.0",
+            aliases=["staging"],
+            version_tags=["second", "candidate"],
+            metadata={"epochs": 5},
+            remotes=dict([REMOTE]),
+        )
+    )
     big_file.unlink()
     v1["big.bin"] = v2["big.bin"] = big
     return Dataset(v1, v2, hashlib.sha256(big).hexdigest())

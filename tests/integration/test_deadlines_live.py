@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from cometfs.server import ArtifactStore, AssetSource, VersionSpec, parse_faults
-
-from .conftest import CLI, _wait_unmounted
-from .test_live import mount_pid, wait_for
+from cometfs.testing import CLI, wait_for, wait_unmounted
 
 pytestmark = pytest.mark.fuse
 
@@ -23,8 +21,9 @@ WS = "slow-ws"
 
 
 def add(store: ArtifactStore, name: str, files: dict[str, bytes]) -> None:
-    store.add_version(VersionSpec(WS, name, [AssetSource(p, data=d) for p, d in files.items()],
-                      version="1.0.0"))
+    store.add_version(
+        VersionSpec(WS, name, [AssetSource(p, data=d) for p, d in files.items()], version="1.0.0")
+    )
 
 
 def start_and_kill(argv: list[str], *, after: float = 1.0) -> float:
@@ -42,8 +41,7 @@ def start_and_kill(argv: list[str], *, after: float = 1.0) -> float:
             reader.kill()
 
 
-def test_a_killed_reader_of_a_stalled_download_returns_at_once(store, make_server,
-                                                                mount_factory):
+def test_a_killed_reader_of_a_stalled_download_returns_at_once(store, make_server, mount_factory):
     add(store, "data", {"big.bin": os.urandom(3 << 20)})
     server = make_server(store=store, faults=parse_faults("get-asset=delay:60"))
     mount = mount_factory(server)
@@ -80,9 +78,9 @@ def test_sighup_unmounts_cleanly(store, make_server, mount_factory):
     add(store, "data", {"a.txt": b"a"})
     server = make_server(store=store)
     mount = mount_factory(server)
-    pid = mount_pid(mount)
+    pid = mount.pid()
     os.kill(pid, signal.SIGHUP)
-    _wait_unmounted(mount.path)
+    wait_unmounted(mount.path)
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 20, "the mount process to exit")
     assert os.listdir(mount.path) == []
     mount.mounted = False
@@ -95,7 +93,11 @@ def test_options_contradicting_read_only_are_refused(server, tmp_path, api_key, 
     env = {**os.environ, "COMET_API_KEY": api_key, "HOME": str(tmp_path)}
     result = subprocess.run(
         [*CLI, "mount", str(mountpoint), "--server-url", server.url, "-o", option],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 1
     assert "is not allowed" in result.stderr

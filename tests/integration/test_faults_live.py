@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from cometfs.server import ArtifactStore, AssetSource, VersionSpec, parse_faults
+from cometfs.testing import wait_for
 
 from .test_deadlines_live import start_and_kill
-from .test_live import wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -37,9 +37,9 @@ def sha(data: bytes) -> str:
 
 
 def add(store: ArtifactStore, name: str, files: dict[str, bytes], version: str = "1.0.0") -> None:
-    store.add_version(VersionSpec(
-        WS, name, [AssetSource(p, data=d) for p, d in files.items()], version=version
-    ))
+    store.add_version(
+        VersionSpec(WS, name, [AssetSource(p, data=d) for p, d in files.items()], version=version)
+    )
 
 
 def payload(size: int, seed: int) -> bytes:
@@ -58,7 +58,7 @@ def read_direct(path: Path, offset: int = 0, size: int | None = None) -> bytes:
                 n = os.preadv(fd, [buf], offset + len(out))
                 if n == 0:
                     break
-                out += buf[:min(n, total - len(out))]
+                out += buf[: min(n, total - len(out))]
         return bytes(out)
     finally:
         os.close(fd)
@@ -72,6 +72,7 @@ def errno_of(path: Path) -> int:
 
 def streamed_when_idle(mount_path: Path) -> int:
     """The mount's `bytes_streamed` once no stream runs (a stream may go on after its read)."""
+
     def cache() -> dict[str, int]:
         doc = json.loads((mount_path / ".comet" / "status.json").read_text())
         return dict(doc["cache"])
@@ -83,8 +84,10 @@ def streamed_when_idle(mount_path: Path) -> int:
 def test_5xx_bursts_are_retried_and_bytes_are_right(store, make_server, mount_factory):
     files = {f"f{i}.bin": payload(3 * MIB + i, i) for i in range(3)}
     add(store, "data", files)
-    server = make_server(store=store, faults=parse_faults(
-        "get-asset=500*2;artifacts/version/files=503*2;artifacts/get=502*1"))
+    server = make_server(
+        store=store,
+        faults=parse_faults("get-asset=500*2;artifacts/version/files=503*2;artifacts/get=502*1"),
+    )
     mount = mount_factory(server, expect_warnings=True)
     for name, data in files.items():
         assert sha(read_direct(mount.path / WS / "data" / "1.0.0" / name)) == sha(data)
@@ -93,8 +96,7 @@ def test_5xx_bursts_are_retried_and_bytes_are_right(store, make_server, mount_fa
 
 
 @pytest.mark.parametrize("spec", ["429:1*2", "429:date*1"])
-def test_429_waits_for_retry_after_and_bytes_are_right(store, make_server, mount_factory,
-                                                       spec):
+def test_429_waits_for_retry_after_and_bytes_are_right(store, make_server, mount_factory, spec):
     data = payload(2 * MIB, 7)
     add(store, "data", {"a.bin": data})
     server = make_server(store=store)
@@ -115,8 +117,7 @@ def test_429_waits_for_retry_after_and_bytes_are_right(store, make_server, mount
 
 
 @pytest.mark.parametrize("kind", ["reset-mid", "short", "reset"])
-def test_broken_bodies_are_retried_and_bytes_are_right(store, make_server, mount_factory,
-                                                       kind):
+def test_broken_bodies_are_retried_and_bytes_are_right(store, make_server, mount_factory, kind):
     files = {"big.bin": payload(5 * MIB + 123, 1), "small.bin": payload(7000, 2)}
     add(store, "data", files)
     server = make_server(store=store, faults=parse_faults(f"get-asset={kind}*3"))
@@ -141,8 +142,10 @@ def test_stall_and_trickle_fail_within_the_timeout(store, make_server, mount_fac
     assert errno_of(path) == errno.EIO
     assert time.monotonic() - started < 10
     # A reader killed while the fault holds it returns at once.
-    assert start_and_kill(["dd", f"if={path}", "of=/dev/null", "iflag=direct", "bs=1M"],
-                          after=1.0) < 2.5
+    assert (
+        start_and_kill(["dd", f"if={path}", "of=/dev/null", "iflag=direct", "bs=1M"], after=1.0)
+        < 2.5
+    )
     server.faults.clear()
     # A read may join the fetch the killed reader left in flight (stalled until its own
     # --timeout); the one after that gets the right bytes.
@@ -158,29 +161,28 @@ def test_range_ignored_mid_read_still_gives_the_right_bytes(store, make_server, 
     assert read_direct(path, 0, MIB) == data[:MIB]
     server.faults.add(parse_faults("get-asset=norange*1").rules[0])
     for offset in (8 * MIB, 3 * MIB, 11 * MIB):
-        assert read_direct(path, offset, MIB) == data[offset:offset + MIB]
+        assert read_direct(path, offset, MIB) == data[offset : offset + MIB]
     assert server.faults.rules[0].fired == 1
     assert sha(read_direct(path)) == sha(data)
 
 
-def test_bytes_changed_under_the_same_id_are_estale_never_mixed(store, make_server,
-                                                                 mount_factory):
+def test_bytes_changed_under_the_same_id_are_estale_never_mixed(store, make_server, mount_factory):
     old = payload(6 * MIB, 5)
     new = payload(6 * MIB, 6)  # same length: the listing's size cannot tell them apart
-    add(store, "data", {"a.bin": old, "b.bin": old[:3 * MIB]})
+    add(store, "data", {"a.bin": old, "b.bin": old[: 3 * MIB]})
     server = make_server(store=store)
     mount = mount_factory(server, "--metadata-ttl", "3600", expect_warnings=True)
     version = mount.path / WS / "data" / "1.0.0"
     assert read_direct(version / "a.bin", 0, MIB) == old[:MIB]
     store.replace_asset_bytes(WS, "data", "1.0.0", "a.bin", new)
-    store.replace_asset_bytes(WS, "data", "1.0.0", "b.bin", new[:3 * MIB])
+    store.replace_asset_bytes(WS, "data", "1.0.0", "b.bin", new[: 3 * MIB])
     # a.bin was partly read before the change: the rest must not come from the new bytes.
     assert errno_of(version / "a.bin") == errno.ESTALE
     assert read_direct(version / "a.bin", 0, MIB) == old[:MIB]  # the cached block stays
     # b.bin was never read: the listing has no checksum, so the mount cannot know the bytes
     # changed; it must serve one whole version of them, never a mix.
     got = sha(read_direct(version / "b.bin"))
-    assert got in (sha(old[:3 * MIB]), sha(new[:3 * MIB]))
+    assert got in (sha(old[: 3 * MIB]), sha(new[: 3 * MIB]))
 
 
 def test_revoked_key_is_eacces_and_logged_once(store, make_server, mount_factory, api_key):
@@ -207,8 +209,11 @@ def test_deleted_version_is_enoent_for_unread_files(store, make_server, mount_fa
     version = mount.path / WS / "data" / "1.0.0"
     assert sha(read_direct(version / "read.bin")) == sha(files["read.bin"])
     store.delete_version(WS, "data", "1.0.0")
-    wait_for(lambda: "1.0.0" not in os.listdir(mount.path / WS / "data"), 10,
-             "the deleted version to leave the listing")
+    wait_for(
+        lambda: "1.0.0" not in os.listdir(mount.path / WS / "data"),
+        10,
+        "the deleted version to leave the listing",
+    )
     with pytest.raises(FileNotFoundError):
         read_direct(version / "unread.bin")
     # What was read before the delete may still be answered from the caches (the old bytes,
@@ -227,8 +232,11 @@ def test_not_finalized_version_is_a_clear_error(store, make_server, mount_factor
     assert caught.value.errno == errno.EIO
     assert any("not finalized" in line for line in mount.log_problems())
     server.faults.clear()
-    wait_for(lambda: "a.bin" in _listdir(mount.path / WS / "data" / "1.0.0"), 10,
-             "the version to list once finalized")
+    wait_for(
+        lambda: "a.bin" in _listdir(mount.path / WS / "data" / "1.0.0"),
+        10,
+        "the version to list once finalized",
+    )
 
 
 def _listdir(path: Path) -> list[str]:
@@ -252,8 +260,11 @@ def test_server_killed_and_restarted_on_the_same_port(store, make_server, mount_
     assert sha(read_direct(version / "f0.bin")) == sha(files["f0.bin"])  # from the cache
     restarted = make_server(store=store, port=port)
     started = time.monotonic()
-    wait_for(lambda: _reads_right(version / "f1.bin", files["f1.bin"]), 15,
-             "reads to recover after the restart")
+    wait_for(
+        lambda: _reads_right(version / "f1.bin", files["f1.bin"]),
+        15,
+        "reads to recover after the restart",
+    )
     recovered = time.monotonic() - started
     assert recovered < 10, recovered
     assert sha(read_direct(version / "f2.bin")) == sha(files["f2.bin"])
@@ -268,7 +279,8 @@ def _reads_right(path: Path, data: bytes) -> bool:
 
 
 def test_random_reads_against_a_server_ignoring_range_fetch_a_bounded_amount(
-        store, make_server, mount_factory):
+    store, make_server, mount_factory
+):
     size = 48 * MIB
     data = payload(size, 9)
     add(store, "data", {"a.bin": data})
@@ -280,29 +292,35 @@ def test_random_reads_against_a_server_ignoring_range_fetch_a_bounded_amount(
     # Reads near the start: a stream must stop a readahead past them, not run to the end.
     for _ in range(reads):
         offset = rng.randrange(0, 4 * MIB) & ~4095
-        assert read_direct(path, offset, 65536) == data[offset:offset + 65536]
+        assert read_direct(path, offset, 65536) == data[offset : offset + 65536]
     near = streamed_when_idle(mount.path)
     assert near <= size // 2, f"{near / MIB:.0f} MiB streamed for {reads} reads in 4 MiB"
     # Reads anywhere: each costs at most the bytes up to it plus the readahead.
     for _ in range(reads):
         offset = rng.randrange(0, size - 65536) & ~4095
-        assert read_direct(path, offset, 65536) == data[offset:offset + 65536]
+        assert read_direct(path, offset, 65536) == data[offset : offset + 65536]
     total = streamed_when_idle(mount.path)
     assert total <= 8 * size, f"{total / MIB:.0f} MiB streamed for {2 * reads} reads"
     assert sha(read_direct(path)) == sha(data)
 
 
-def test_a_reader_process_sees_every_fault_kind_and_no_wrong_byte(store, make_server,
-                                                                 mount_factory):
+def test_a_reader_process_sees_every_fault_kind_and_no_wrong_byte(
+    store, make_server, mount_factory
+):
     files = {f"f{i}.bin": payload(MIB + 4096 * i, 100 + i) for i in range(8)}
     add(store, "data", files)
-    server = make_server(store=store, faults=parse_faults(
-        "get-asset=reset-mid@0.2;get-asset=short@0.2;get-asset=500@0.2;seed=3"))
+    server = make_server(
+        store=store,
+        faults=parse_faults("get-asset=reset-mid@0.2;get-asset=short@0.2;get-asset=500@0.2;seed=3"),
+    )
     mount = mount_factory(server, expect_warnings=True)
     version = mount.path / WS / "data" / "1.0.0"
     result = subprocess.run(
         ["sha256sum", *[str(version / n) for n in files]],
-        capture_output=True, text=True, timeout=50, check=False,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
     )
     got = {Path(line.split()[1]).name: line.split()[0] for line in result.stdout.splitlines()}
     for name, digest in got.items():
@@ -310,8 +328,9 @@ def test_a_reader_process_sees_every_fault_kind_and_no_wrong_byte(store, make_se
 
 
 @pytest.mark.parametrize("kind", ["reset-mid", "short"])
-def test_a_stream_broken_mid_body_is_restarted_for_its_readers(store, make_server,
-                                                               mount_factory, kind):
+def test_a_stream_broken_mid_body_is_restarted_for_its_readers(
+    store, make_server, mount_factory, kind
+):
     data = payload(6 * MIB + 5, 12)
     add(store, "data", {"probe.bin": b"p" * 5000, "a.bin": data})
     server = make_server(store=store, ranges=False)
@@ -320,6 +339,6 @@ def test_a_stream_broken_mid_body_is_restarted_for_its_readers(store, make_serve
     # The first read teaches the mount that this server ignores Range: it streams from now on.
     assert read_direct(version / "probe.bin") == b"p" * 5000
     server.faults.add(parse_faults(f"get-asset={kind}*1").rules[0])
-    assert read_direct(version / "a.bin", 5 * MIB, MIB) == data[5 * MIB:6 * MIB]
+    assert read_direct(version / "a.bin", 5 * MIB, MIB) == data[5 * MIB : 6 * MIB]
     assert sha(read_direct(version / "a.bin")) == sha(data)
     assert server.faults.rules[0].fired == 1

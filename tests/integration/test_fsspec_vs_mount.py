@@ -31,8 +31,12 @@ def world(tmp_path: Path) -> Iterator[tuple[CometServer, Dataset]]:
 @pytest.fixture
 def comet_fs(world: tuple[CometServer, Dataset], tmp_path: Path) -> Iterator[CometFileSystem]:
     fsspec.register_implementation("comet", CometFileSystem, clobber=True)
-    fs = CometFileSystem(server_url=world[0].url, api_key=KEY,
-                         cache_dir=tmp_path / "fsspec-cache", skip_instance_cache=True)
+    fs = CometFileSystem(
+        server_url=world[0].url,
+        api_key=KEY,
+        cache_dir=tmp_path / "fsspec-cache",
+        skip_instance_cache=True,
+    )
     try:
         yield fs
     finally:
@@ -40,16 +44,26 @@ def comet_fs(world: tuple[CometServer, Dataset], tmp_path: Path) -> Iterator[Com
 
 
 def test_fsspec_reads_are_byte_identical_to_the_mount(
-        world: tuple[CometServer, Dataset], comet_fs: CometFileSystem,
-        mount_factory: Callable[..., Mount]) -> None:
+    world: tuple[CometServer, Dataset],
+    comet_fs: CometFileSystem,
+    mount_factory: Callable[..., Mount],
+) -> None:
     server, dataset = world
     mount = mount_factory(server)
     root = mount.path
     base = f"{WS}/{ART}"
 
     # Listings, level by level, aliases included (the mount shows them as symlinks).
-    for rel in ("", WS, base, f"{base}/1.0.0", f"{base}/production", f"{base}/2.0.0/images",
-                f"{base}/1.0.0/.comet", f"{base}/1.0.0/remote"):
+    for rel in (
+        "",
+        WS,
+        base,
+        f"{base}/1.0.0",
+        f"{base}/production",
+        f"{base}/2.0.0/images",
+        f"{base}/1.0.0/.comet",
+        f"{base}/1.0.0/remote",
+    ):
         mounted = sorted(os.listdir(root / rel))
         ours = sorted(p.rsplit("/", 1)[-1] for p in comet_fs.ls(rel, detail=False))
         assert ours == mounted, rel

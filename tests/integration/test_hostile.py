@@ -83,10 +83,13 @@ def test_a_loader_walking_hostile_links_reads_nothing_outside(
         # The published links are URIs that dangle: ENOENT, never ELOOP or EIO.
         assert all(e.errno == errno.ENOENT for e in errors), errors
         assert {Path(e.filename).name for e in errors} == {"full.csv", "b.bin"}
-        links = {str(p.relative_to(root)): os.readlink(p)
-                 for p in root.rglob("*") if p.is_symlink()}
-        assert links == {"remote/full.csv": "https://example.com/datasets/full.csv",
-                         "remote/b.bin": "s3://bucket/b.bin"}
+        links = {
+            str(p.relative_to(root)): os.readlink(p) for p in root.rglob("*") if p.is_symlink()
+        }
+        assert links == {
+            "remote/full.csv": "https://example.com/datasets/full.csv",
+            "remote/b.bin": "s3://bucket/b.bin",
+        }
 
     meta = mount.path / "team" / "cats" / "1.0.0" / ".comet"
     listed = json.loads((meta / "assets.json").read_text())
@@ -99,7 +102,10 @@ def test_a_loader_walking_hostile_links_reads_nothing_outside(
     copy = tmp_path / "copy"
     result = subprocess.run(
         ["cp", "-rL", str(mount.path / "team" / "cats" / "1.0.0"), str(copy)],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert "loop" not in result.stderr.lower() and "many levels" not in result.stderr
     copied = [p for p in copy.rglob("*") if p.is_file()]

@@ -8,41 +8,27 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cometfs.server import ApiKey, ArtifactStore, AssetSource, VersionSpec, parse_faults
-
-from .conftest import CLI, Mount, _wait_unmounted
+from cometfs.testing import CLI, wait_for, wait_unmounted
 
 pytestmark = pytest.mark.fuse
 
 WS = "live-ws"
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def add(store: ArtifactStore, name: str, files: dict[str, bytes], **kwargs: object) -> str:
-    return store.add_version(VersionSpec(
-        WS, name, [AssetSource(p, data=d) for p, d in files.items()], **kwargs  # type: ignore[arg-type]
-    ))
-
-
-def mount_pid(mount: Mount) -> int:
-    out = subprocess.run(["pgrep", "-f", f"cometfs.cli mount {mount.path}"],
-                         capture_output=True, text=True).stdout.split()
-    assert len(out) == 1, out
-    return int(out[0])
+    return store.add_version(
+        VersionSpec(
+            WS,
+            name,
+            [AssetSource(p, data=d) for p, d in files.items()],
+            **kwargs,  # type: ignore[arg-type]
+        )
+    )
 
 
 def test_new_version_and_moved_alias_visible_within_ttl(store, make_server, mount_factory):
@@ -61,8 +47,7 @@ def test_new_version_and_moved_alias_visible_within_ttl(store, make_server, moun
     assert "2.0.0" in os.listdir(artifact)
 
 
-def test_transient_fault_is_retried_and_persistent_fault_is_eio(store, make_server,
-                                                                mount_factory):
+def test_transient_fault_is_retried_and_persistent_fault_is_eio(store, make_server, mount_factory):
     add(store, "data", {"a.bin": b"A" * 5000, "b.bin": b"B" * 7000}, version="1.0.0")
     server = make_server(store=store)
     mount = mount_factory(server, expect_warnings=True)
@@ -91,19 +76,33 @@ def test_truncated_body_never_serves_wrong_bytes(store, make_server, mount_facto
 
 def test_hostile_asset_paths_are_mapped_inside_the_version(store, make_server, mount_factory):
     hostile = {
-        "../escape.txt": b"1", "/abs/path.txt": b"2", "a//b.txt": b"3", "dup.txt": b"4",
-        ".comet/evil.json": b"5", "x" * 300: b"6", "file": b"7", "file/inner.txt": b"8",
+        "../escape.txt": b"1",
+        "/abs/path.txt": b"2",
+        "a//b.txt": b"3",
+        "dup.txt": b"4",
+        ".comet/evil.json": b"5",
+        "x" * 300: b"6",
+        "file": b"7",
+        "file/inner.txt": b"8",
         "ok/normal.txt": b"9",
     }
-    version = store.add_version(VersionSpec(
-        WS, "hostile", [AssetSource(p, data=d) for p, d in hostile.items()]
-        + [AssetSource("dup.txt", data=b"4bis")], version="1.0.0",
-    ))
+    version = store.add_version(
+        VersionSpec(
+            WS,
+            "hostile",
+            [AssetSource(p, data=d) for p, d in hostile.items()]
+            + [AssetSource("dup.txt", data=b"4bis")],
+            version="1.0.0",
+        )
+    )
     server = make_server(store=store)
     mount = mount_factory(server)
     root = mount.path / WS / "hostile" / version
-    files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
-             if p.is_file() and ".comet" not in p.relative_to(root).parts}
+    files = {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and ".comet" not in p.relative_to(root).parts
+    }
     assert sorted(files.values()) == sorted([*hostile.values(), b"4bis"])
     assert files["ok/normal.txt"] == b"9"
     for path in files:
@@ -119,8 +118,9 @@ def test_hostile_asset_paths_are_mapped_inside_the_version(store, make_server, m
 
 def test_key_sees_only_its_workspaces(store, make_server, mount_factory):
     add(store, "mine", {"m.txt": b"m"}, version="1.0.0")
-    store.add_version(VersionSpec("other-ws", "secret", [AssetSource("s.txt", data=b"s")],
-                                  version="1.0.0"))
+    store.add_version(
+        VersionSpec("other-ws", "secret", [AssetSource("s.txt", data=b"s")], version="1.0.0")
+    )
     server = make_server(store=store, api_keys=[ApiKey("scoped-key-123456", frozenset({WS}))])
     mount = mount_factory(server, key="scoped-key-123456")
     assert sorted(os.listdir(mount.path)) == [".comet", WS]
@@ -133,17 +133,26 @@ def test_bad_key_or_server_fails_with_one_line(store, make_server, tmp_path, api
     mountpoint = tmp_path / "m"
     mountpoint.mkdir()
     env = {**os.environ, "COMET_API_KEY": "wrong-key-000000", "HOME": str(tmp_path)}
-    result = subprocess.run([*CLI, "mount", str(mountpoint), "--server-url", server.url],
-                            env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [*CLI, "mount", str(mountpoint), "--server-url", server.url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "refused" in result.stderr
     assert "wrong-key" not in result.stderr
     assert not os.path.ismount(mountpoint)
 
     env["COMET_API_KEY"] = api_key
-    result = subprocess.run([*CLI, "mount", str(mountpoint), "--server-url",
-                             "http://127.0.0.1:9"], env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [*CLI, "mount", str(mountpoint), "--server-url", "http://127.0.0.1:9"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "cannot reach" in result.stderr
     assert result.stderr.strip().count("\n") == 0
 
@@ -152,11 +161,11 @@ def test_sigterm_unmounts_cleanly(store, make_server, mount_factory):
     add(store, "data", {"a.txt": b"a"}, version="1.0.0")
     server = make_server(store=store)
     mount = mount_factory(server)
-    pid = mount_pid(mount)
+    pid = mount.pid()
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     assert b"COMET" not in cmdline and b"test-key" not in cmdline
     os.kill(pid, signal.SIGTERM)
-    _wait_unmounted(mount.path)
+    wait_unmounted(mount.path)
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 20, "the mount process to exit")
     mount.mounted = False
 
@@ -165,14 +174,15 @@ def test_unmount_clears_a_killed_mount(store, make_server, mount_factory):
     add(store, "data", {"a.txt": b"a"}, version="1.0.0")
     server = make_server(store=store)
     mount = mount_factory(server)
-    os.kill(mount_pid(mount), signal.SIGKILL)
+    os.kill(mount.pid(), signal.SIGKILL)
     with pytest.raises(OSError) as caught:
         os.listdir(mount.path)
     assert caught.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
-    result = subprocess.run([*CLI, "unmount", str(mount.path)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [*CLI, "unmount", str(mount.path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
-    _wait_unmounted(mount.path)
+    wait_unmounted(mount.path)
     assert os.listdir(mount.path) == []
     mount.mounted = False
 
@@ -184,9 +194,19 @@ def test_foreground_mount_and_sigint(store, make_server, tmp_path, api_key):
     mountpoint.mkdir()
     env = {**os.environ, "COMET_API_KEY": api_key, "HOME": str(tmp_path)}
     process = subprocess.Popen(
-        [*CLI, "mount", str(mountpoint), "--server-url", server.url, "--foreground",
-         "--cache-dir", str(tmp_path / "cache")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            *CLI,
+            "mount",
+            str(mountpoint),
+            "--server-url",
+            server.url,
+            "--foreground",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         wait_for(lambda: os.path.ismount(mountpoint), 30, "the foreground mount")
@@ -208,14 +228,41 @@ def test_cli_store_add_then_mount(tmp_path, make_server, mount_factory, api_key)
     (source / "sub" / "x.txt").write_text("x")
     store_dir = tmp_path / "cli-store"
     result = subprocess.run(
-        [*CLI, "store", "add", f"{WS}/cli-art", str(source), "--store", str(store_dir),
-         "--version", "1.2.3", "--alias", "prod", "--metadata", '{"k": 1}'],
-        capture_output=True, text=True, timeout=60,
+        [
+            *CLI,
+            "store",
+            "add",
+            f"{WS}/cli-art",
+            str(source),
+            "--store",
+            str(store_dir),
+            "--version",
+            "1.2.3",
+            "--alias",
+            "prod",
+            "--metadata",
+            '{"k": 1}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     bad = subprocess.run(
-        [*CLI, "store", "add", f"{WS}/cli-art", str(source), "--store", str(store_dir),
-         "--version", "1.2"], capture_output=True, text=True, timeout=60,
+        [
+            *CLI,
+            "store",
+            "add",
+            f"{WS}/cli-art",
+            str(source),
+            "--store",
+            str(store_dir),
+            "--version",
+            "1.2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode != 0 and "1.2" in bad.stderr
     server = make_server(store=ArtifactStore(store_dir))
@@ -229,8 +276,11 @@ def test_fuse_options_pass_through(store, make_server, mount_factory):
     add(store, "data", {"a.txt": b"a"}, version="1.0.0")
     server = make_server(store=store)
     mount = mount_factory(server, "-o", "allow_other")
-    options = next(line.split()[3] for line in Path("/proc/mounts").read_text().splitlines()
-                   if line.split()[1] == str(mount.path))
+    options = next(
+        line.split()[3]
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if line.split()[1] == str(mount.path)
+    )
     assert "allow_other" in options.split(",") and "ro" in options.split(",")
 
 

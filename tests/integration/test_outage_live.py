@@ -24,14 +24,19 @@ pytestmark = pytest.mark.fuse
 
 WS = "outage-ws"
 TTL = 1.0
-LISTINGS = ("workspaces", "artifacts/get-all", "artifacts/get", "artifacts/version",
-            "artifacts/version/files")
+LISTINGS = (
+    "workspaces",
+    "artifacts/get-all",
+    "artifacts/get",
+    "artifacts/version",
+    "artifacts/version/files",
+)
 
 
 def add(store: ArtifactStore, name: str, files: dict[str, bytes], version: str = "1.0.0") -> None:
-    store.add_version(VersionSpec(
-        WS, name, [AssetSource(p, data=d) for p, d in files.items()], version=version
-    ))
+    store.add_version(
+        VersionSpec(WS, name, [AssetSource(p, data=d) for p, d in files.items()], version=version)
+    )
 
 
 def status(mount_path: Path) -> dict[str, int]:
@@ -44,8 +49,9 @@ def test_cached_file_stays_readable_after_the_server_stops(store, make_server, m
     data = payload(3 << 20, 1)
     add(store, "model", {"w.bin": data, "sub/x.txt": b"x" * 100})
     server = make_server(store=store)
-    mount = mount_factory(server, "--metadata-ttl", str(TTL), "--timeout", "2",
-                          expect_warnings=True)
+    mount = mount_factory(
+        server, "--metadata-ttl", str(TTL), "--timeout", "2", expect_warnings=True
+    )
     artifact = mount.path / WS / "model"
     assert sha(read_direct(artifact / "1.0.0" / "w.bin")) == sha(data)
     assert (artifact / "latest" / "sub" / "x.txt").read_bytes() == b"x" * 100
@@ -65,13 +71,13 @@ def test_cached_file_stays_readable_after_the_server_stops(store, make_server, m
     assert 0 < len(stale_lines) <= 6, stale_lines
 
 
-def test_cached_file_stays_readable_when_only_listings_fail(store, make_server,
-                                                            mount_factory):
+def test_cached_file_stays_readable_when_only_listings_fail(store, make_server, mount_factory):
     files = {"a.bin": payload(2 << 20, 2), "b.bin": payload(5000, 3)}
     add(store, "model", files)
     server = make_server(store=store)
-    mount = mount_factory(server, "--metadata-ttl", str(TTL), "--timeout", "2",
-                          expect_warnings=True)
+    mount = mount_factory(
+        server, "--metadata-ttl", str(TTL), "--timeout", "2", expect_warnings=True
+    )
     artifact = mount.path / WS / "model"
     assert sha(read_direct(artifact / "latest" / "a.bin")) == sha(files["a.bin"])
     assert (artifact / "1.0.0" / "b.bin").stat().st_size == len(files["b.bin"])
@@ -88,8 +94,9 @@ def test_a_dead_server_is_not_asked_on_every_lookup(store, make_server, mount_fa
     data = payload(4096, 4)
     add(store, "model", {"w.bin": data})
     server = make_server(store=store)
-    mount = mount_factory(server, "--metadata-ttl", str(TTL), "--timeout", "2",
-                          expect_warnings=True)
+    mount = mount_factory(
+        server, "--metadata-ttl", str(TTL), "--timeout", "2", expect_warnings=True
+    )
     artifact = mount.path / WS / "model"
     assert sha(read_direct(artifact / "latest" / "w.bin")) == sha(data)
     server.faults.add(FaultRule("*", "status", status=503))

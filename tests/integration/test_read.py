@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from cometfs.server import CometServer
+from cometfs.testing import wait_until
 
 from .conftest import Mount
 from .data import ART, KEY, REMOTE, WS, Dataset, start_world
@@ -54,7 +55,8 @@ def test_listing_names_modes_and_sizes(world, mounted) -> None:
     _, data = world
     root = version_dir(mounted)
     found = sorted(
-        str(p.relative_to(root)) for p in root.rglob("*")
+        str(p.relative_to(root))
+        for p in root.rglob("*")
         if (p.is_file() or p.is_symlink()) and ".comet" not in p.parts
     )
     assert found == sorted([*data.v1, REMOTE[0]])
@@ -78,29 +80,45 @@ def test_command_line_tools(world, mounted, tmp_path) -> None:
     ls = subprocess.run(["ls", "-lR", str(root)], capture_output=True, text=True, check=True)
     assert "日本語 ファイル.txt" in ls.stdout and "blob.bin" in ls.stdout
 
-    size = subprocess.run(["stat", "-c", "%s %a", str(root / "big.bin")],
-                          capture_output=True, text=True, check=True).stdout.split()
+    size = subprocess.run(
+        ["stat", "-c", "%s %a", str(root / "big.bin")], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert size == [str(len(data.v1["big.bin"])), "444"]
 
-    find = subprocess.run(["find", str(root), "-type", "f", "-not", "-path", "*/.comet/*"],
-                          capture_output=True, text=True, check=True).stdout.split("\n")
+    find = subprocess.run(
+        ["find", str(root), "-type", "f", "-not", "-path", "*/.comet/*"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
     assert sorted(str(Path(p).relative_to(root)) for p in find if p) == sorted(data.v1)
 
-    du = subprocess.run(["du", "-sb", "--exclude=.comet", str(root)],
-                        capture_output=True, text=True, check=True).stdout.split()[0]
+    du = subprocess.run(
+        ["du", "-sb", "--exclude=.comet", str(root)], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
     assert int(du) == sum(map(len, data.v1.values())) + len(REMOTE[1])
 
-    sums = subprocess.run(["sha256sum", str(root / "big.bin"), str(root / "readme.txt")],
-                          capture_output=True, text=True, check=True).stdout.splitlines()
+    sums = subprocess.run(
+        ["sha256sum", str(root / "big.bin"), str(root / "readme.txt")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert [line.split()[0] for line in sums] == [
-        data.big_sha256, hashlib.sha256(data.v1["readme.txt"]).hexdigest()]
+        data.big_sha256,
+        hashlib.sha256(data.v1["readme.txt"]).hexdigest(),
+    ]
 
-    assert subprocess.run(["cat", str(root / "unicodé/日本語 ファイル.txt")],
-                          capture_output=True, check=True).stdout == data.v1[
-        "unicodé/日本語 ファイル.txt"]
+    assert (
+        subprocess.run(
+            ["cat", str(root / "unicodé/日本語 ファイル.txt")], capture_output=True, check=True
+        ).stdout
+        == data.v1["unicodé/日本語 ファイル.txt"]
+    )
 
-    grep = subprocess.run(["grep", "-rl", "needle-v1", str(root)],
-                          capture_output=True, text=True, check=True).stdout.splitlines()
+    grep = subprocess.run(
+        ["grep", "-rl", "needle-v1", str(root)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert grep == [str(root / "readme.txt")]
 
     copy = tmp_path / "copy"
@@ -109,8 +127,9 @@ def test_command_line_tools(world, mounted, tmp_path) -> None:
         assert (copy / logical).read_bytes() == content, logical
 
     archive = tmp_path / "v1.tar"
-    subprocess.run(["tar", "cf", str(archive), "-C", str(root), "--exclude=.comet", "."],
-                   check=True)
+    subprocess.run(
+        ["tar", "cf", str(archive), "-C", str(root), "--exclude=.comet", "."], check=True
+    )
     with tarfile.open(archive) as tar:
         members = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()}
         assert sorted(members) == sorted(data.v1)
@@ -125,9 +144,7 @@ def test_df_works_and_kernel_readahead_is_raised(mounted) -> None:
         return  # only root may change a mount's readahead; others keep the default
     st = os.stat(mounted.path)
     setting = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
-    deadline = time.monotonic() + 10
-    while setting.read_text().strip() != "1024" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: setting.read_text().strip() == "1024", 10)
     assert setting.read_text().strip() == "1024"
 
 
@@ -163,9 +180,16 @@ weights = np.load(sys.argv[2], mmap_mode="r")
 print(weights.shape, float(weights[99, 99]), float(weights.sum()))
 """
     child = subprocess.run(
-        [sys.executable, "-c", script, str(root / "data/nested/deep/blob.bin"),
-         str(root / "arrays/weights.npy")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(root / "data/nested/deep/blob.bin"),
+            str(root / "arrays/weights.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert child.returncode == 0, child.stderr
     assert child.stdout.splitlines() == [
@@ -183,7 +207,7 @@ def test_class_folder_scan(world, mounted) -> None:
     try:
         from torchvision.datasets import ImageFolder  # type: ignore[import-not-found]
     except ImportError:
-        ImageFolder = None  # noqa: N806
+        ImageFolder = None
     if ImageFolder is not None:
         dataset = ImageFolder(str(images))
         assert dataset.classes == ["cat", "dog"] and len(dataset) == 6

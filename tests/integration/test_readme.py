@@ -55,8 +55,11 @@ def free_port() -> int:
 
 def clean_copy(dest: Path) -> Path:
     """The checkout's tracked files (with their working-tree content), nothing else."""
-    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True,
-                            check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = REPO / name
         if source.is_file():
@@ -67,10 +70,14 @@ def clean_copy(dest: Path) -> Path:
 
 
 def user_env(home: Path, checkout: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("COMET_", "XDG_")) and k != "PYTHONPATH"}
-    env.update(HOME=str(home), PYTHONPATH=str(checkout / "src"),
-               COMET_ERROR_TRACKING_ENABLE="false")  # no telemetry from the SDK in tests
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("COMET_", "XDG_")) and k != "PYTHONPATH"
+    }
+    env.update(
+        HOME=str(home), PYTHONPATH=str(checkout / "src"), COMET_ERROR_TRACKING_ENABLE="false"
+    )  # no telemetry from the SDK in tests
     return env
 
 
@@ -89,8 +96,9 @@ def _force_unmount(path: Path) -> None:
     except OSError:
         mounted = True
     if mounted or _stale(path):
-        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True,
-                       check=False, timeout=30)
+        subprocess.run(
+            ["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False, timeout=30
+        )
 
 
 def _stale(path: Path) -> bool:
@@ -109,8 +117,14 @@ def demo(checkout: Path, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]
     try:
         yield checkout, env
     finally:
-        subprocess.run(["scripts/demo.sh", "stop"], cwd=checkout, env=env,
-                       capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            ["scripts/demo.sh", "stop"],
+            cwd=checkout,
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         for path in (home / "comet", checkout / "mnt"):
             _force_unmount(path)
         pid_file = checkout / ".demo" / "server.pid"
@@ -123,8 +137,15 @@ def demo(checkout: Path, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]
 
 def test_the_quick_start_works_verbatim_after_make_demo(demo) -> None:
     checkout, env = demo
-    start = subprocess.run(["scripts/demo.sh", "start"], cwd=checkout, env=env,
-                           capture_output=True, text=True, timeout=150, check=False)
+    start = subprocess.run(
+        ["scripts/demo.sh", "start"],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
     assert start.returncode == 0, start.stderr + start.stdout[-2000:]
     assert "source .demo/env" in start.stdout
     env_file = checkout / ".demo" / "env"
@@ -132,13 +153,21 @@ def test_the_quick_start_works_verbatim_after_make_demo(demo) -> None:
     assert (checkout / ".demo" / "api_key").read_text().strip() not in env_file.read_text()
 
     commands = quick_start_commands((checkout / "README.md").read_text())
-    assert any(c.startswith("cometfs mount ~/comet") or "\ncometfs mount ~/comet" in c
-               for c in commands), commands
+    assert any(
+        c.startswith("cometfs mount ~/comet") or "\ncometfs mount ~/comet" in c for c in commands
+    ), commands
     script = "set -eo pipefail\nsource .demo/env\n" + "\n".join(commands) + "\n"
     # PATH comes from .demo/env alone: cometfs must not be reachable without it
     env = {**env, "PATH": "/usr/local/bin:/usr/bin:/bin"}
-    result = subprocess.run(["bash", "-c", script], cwd=checkout, env=env,
-                            capture_output=True, text=True, timeout=240, check=False)
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert result.returncode == 0, f"{result.stderr[-3000:]}\n--- stdout\n{result.stdout[-3000:]}"
     assert "production" in result.stdout  # ls of mnist-mini through the mount
     home = Path(env["HOME"])
@@ -162,8 +191,15 @@ def test_demo_names_a_busy_port_and_what_to_do(checkout: Path, tmp_path: Path) -
         busy.listen()
         port = busy.getsockname()[1]
         env = demo_env(user_env(home, checkout), port)
-        result = subprocess.run(["scripts/demo.sh", "start"], cwd=checkout, env=env,
-                                capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            ["scripts/demo.sh", "start"],
+            cwd=checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     assert result.returncode == 1
     assert f"port {port}" in result.stderr and "already in use" in result.stderr
     assert f"DEMO_PORT={port + 1}" in result.stderr
@@ -179,8 +215,15 @@ def test_demo_stop_kills_only_a_verified_server(checkout: Path, tmp_path: Path) 
     try:
         (checkout / ".demo").mkdir()
         (checkout / ".demo" / "server.pid").write_text(f"{stranger.pid}\n")
-        result = subprocess.run(["scripts/demo.sh", "stop"], cwd=checkout, env=env,
-                                capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            ["scripts/demo.sh", "stop"],
+            cwd=checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         assert stranger.poll() is None, "demo-stop killed a process that is not its server"
         assert f"not stopping PID {stranger.pid}" in result.stderr

@@ -23,7 +23,8 @@ def world(
 ) -> Iterator[tuple[CometServer, Dataset]]:
     server, dataset = start_world(
         tmp_path_factory.mktemp("store"),
-        ranges=request.param != "no-range", redirect=request.param == "redirect",
+        ranges=request.param != "no-range",
+        redirect=request.param == "redirect",
     )
     try:
         yield server, dataset
@@ -52,9 +53,19 @@ def test_mount_equals_sdk_download(world, sdk, mount_factory, tmp_path, version)
     sdk.get_artifact(WS, ART, version=version).download(str(target))
     mounted = mount.path / WS / ART / version
     diff = subprocess.run(
-        ["diff", "-r", "--no-dereference", "-x", ".comet", "-x", Path(REMOTE[0]).parent.name,
-         str(target), str(mounted)],
-        capture_output=True, text=True,
+        [
+            "diff",
+            "-r",
+            "--no-dereference",
+            "-x",
+            ".comet",
+            "-x",
+            Path(REMOTE[0]).parent.name,
+            str(target),
+            str(mounted),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert diff.returncode == 0, diff.stdout + diff.stderr
     assert sorted(p.name for p in (mounted / "remote").iterdir()) == [Path(REMOTE[0]).name]
@@ -85,14 +96,20 @@ def test_comet_files_equal_sdk_properties(world, sdk, mount_factory, version) ->
     assert load("metadata.json") == dict(art.metadata)
     assert load("aliases.json") == sorted(art.aliases)
     assert load("tags.json") == {
-        "artifact_tags": sorted(art.artifact_tags), "version_tags": sorted(art.version_tags)
+        "artifact_tags": sorted(art.artifact_tags),
+        "version_tags": sorted(art.version_tags),
     }
     by_path = {a["logical_path"]: a for a in load("assets.json")}
     assert sorted(by_path) == sorted(a.logical_path for a in art.assets)
     for asset in art.assets:
         mine = by_path[asset.logical_path]
         assert (mine["size"], mine["id"], mine["remote"], mine["link"], mine["asset_type"]) == (
-            asset.size, asset.id, asset.remote, asset.link, asset.asset_type)
+            asset.size,
+            asset.id,
+            asset.remote,
+            asset.link,
+            asset.asset_type,
+        )
         assert mine["metadata"] == asset.metadata
     assert sorted(a["logical_path"] for a in by_path.values() if a["remote"]) == sorted(
         a.logical_path for a in art.remote_assets

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,8 +13,9 @@ import pytest
 
 import cometfs
 from cometfs.server import CometServer
+from cometfs.testing import CLI, wait_for, wait_unmounted
 
-from .conftest import CLI, Mount, _wait_unmounted
+from .conftest import Mount
 from .data import ART, KEY, WS, Dataset, start_world
 
 pytestmark = pytest.mark.fuse
@@ -30,10 +30,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CometServe
         server.close()
 
 
-def run(*args: str, env: dict[str, str] | None = None,
-        timeout: float = 50) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 50
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def status_json(mount: Mount) -> dict:
@@ -74,20 +76,20 @@ def test_mount_refuses_a_non_empty_directory_unless_allowed(world, tmp_path) -> 
     finally:
         if os.path.ismount(target):
             run("unmount", str(target), env=env)
-            _wait_unmounted(target)
+            wait_unmounted(target)
     assert (target / "mine.txt").read_text() == "keep me"
 
 
 def test_dead_mount_suggests_unmount_and_unmount_clears_it(
-        world, mount_factory: Callable[..., Mount]) -> None:
+    world, mount_factory: Callable[..., Mount]
+) -> None:
     server, _ = world
     mount = mount_factory(server)
     pid = status_json(mount)["pid"]
     os.kill(pid, 9)
-    deadline = time.monotonic() + 20
-    while _answers(mount.path):
-        assert time.monotonic() < deadline, "the mount still answers after its process died"
-        time.sleep(0.05)
+    wait_for(
+        lambda: not _answers(mount.path), 20, "the mount to stop answering once its process died"
+    )
     result = run("mount", str(mount.path), "--server-url", server.url, env=mount.env)
     assert result.returncode == 1
     assert f"cometfs unmount {mount.path}" in result.stderr
@@ -95,7 +97,7 @@ def test_dead_mount_suggests_unmount_and_unmount_clears_it(
     assert result.returncode == 0, result.stderr
     assert "dead mount" in result.stderr
     mount.mounted = False
-    _wait_unmounted(mount.path)
+    wait_unmounted(mount.path)
 
 
 def _answers(path: Path) -> bool:
@@ -107,7 +109,8 @@ def _answers(path: Path) -> bool:
 
 
 def test_unmount_of_a_busy_mount_refuses_then_detaches_lazily(
-        world, mount_factory: Callable[..., Mount]) -> None:
+    world, mount_factory: Callable[..., Mount]
+) -> None:
     server, _ = world
     mount = mount_factory(server)
     holder = subprocess.Popen(["sleep", "60"], cwd=mount.path / WS)
@@ -120,7 +123,7 @@ def test_unmount_of_a_busy_mount_refuses_then_detaches_lazily(
         assert result.returncode == 0, result.stderr
         assert "detached lazily" in result.stderr
         mount.mounted = False
-        _wait_unmounted(mount.path)
+        wait_unmounted(mount.path)
     finally:
         holder.kill()
         holder.wait()
@@ -132,17 +135,17 @@ def test_df_shows_the_cache_room_not_a_full_disk(world, mount_factory) -> None:
     st = os.statvfs(mount.path)
     assert st.f_blocks * st.f_frsize == 1024**3
     assert st.f_bavail > 0 and st.f_bfree == st.f_bavail
-    result = subprocess.run(["df", "--output=pcent", str(mount.path)], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        ["df", "--output=pcent", str(mount.path)], capture_output=True, text=True, check=True
+    )
     assert "100%" not in result.stdout
 
 
 # -- prefetch -------------------------------------------------------------------------------
 
 
-def test_prefetch_fills_the_cache_and_a_second_run_fetches_nothing(
-        world, mount_factory) -> None:
-    server, dataset = world
+def test_prefetch_fills_the_cache_and_a_second_run_fetches_nothing(world, mount_factory) -> None:
+    server, _ = world
     mount = mount_factory(server)
     version = mount.path / WS / ART / "latest"
     before = asset_requests(mount)
@@ -167,7 +170,8 @@ def test_prefetch_with_progress_reports_bytes(world, mount_factory) -> None:
 
 
 def test_prefetch_refuses_paths_off_the_mount_and_names_failed_files(
-        world, mount_factory, tmp_path) -> None:
+    world, mount_factory, tmp_path
+) -> None:
     server, _ = world
     result = run("prefetch", str(tmp_path))
     assert result.returncode == 1 and "not on a cometfs mount" in result.stderr
@@ -238,15 +242,18 @@ def test_cache_info_and_clear_refuse_a_cache_in_use(world, mount_factory, tmp_pa
 
 
 def test_mounted_cleans_up_after_an_exception(world, tmp_path) -> None:
-    server, dataset = world
+    server, _ = world
     target = tmp_path / "ctx"
     target.mkdir()
     environ = dict(os.environ)
     os.environ.pop("COMET_API_KEY", None)
     try:
-        with pytest.raises(RuntimeError, match="inside"), cometfs.mounted(
-                target, server_url=server.url, api_key=KEY, cache_dir=tmp_path / "c",
-                metadata_ttl=5) as root:
+        with (
+            pytest.raises(RuntimeError, match="inside"),
+            cometfs.mounted(
+                target, server_url=server.url, api_key=KEY, cache_dir=tmp_path / "c", metadata_ttl=5
+            ) as root,
+        ):
             assert root == target
             assert WS in os.listdir(root)
             pid = json.loads((root / ".comet" / "status.json").read_text())["pid"]
@@ -271,8 +278,9 @@ def test_mounted_reports_a_failed_mount(world, tmp_path) -> None:
     server, _ = world
     target = tmp_path / "ctx"
     target.mkdir()
-    with pytest.raises(cometfs.CometFSError, match="refused"), cometfs.mounted(
-            target, server_url=server.url, api_key="wrong-key"):
+    with (
+        pytest.raises(cometfs.CometFSError, match="refused"),
+        cometfs.mounted(target, server_url=server.url, api_key="wrong-key"),
+    ):
         pass  # pragma: no cover - never reached
     assert not os.path.ismount(target)
-

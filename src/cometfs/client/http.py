@@ -482,7 +482,7 @@ class Http:
         if retry_after is not None:
             return min(self._max_backoff, retry_after)
         # "Full jitter": spreads out the retries of many threads that failed together.
-        return min(self._max_backoff, self._backoff * 2**attempt) * self._jitter()
+        return float(min(self._max_backoff, self._backoff * 2**attempt) * self._jitter())
 
     def _redact(self, text: str) -> str:
         # The server's message is its own text, but never echo the key even if it does.

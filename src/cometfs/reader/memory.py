@@ -20,7 +20,7 @@ import trio
 class _Backing:
     """One underlying buffer: its size, the cached pieces viewing it, and outside holds."""
 
-    __slots__ = ("obj", "nbytes", "keys", "holds")
+    __slots__ = ("holds", "keys", "nbytes", "obj")
 
     def __init__(self, obj: object, nbytes: int) -> None:
         self.obj = obj  # keeps id(obj) valid while the buffer is tracked

@@ -45,7 +45,7 @@ class Slot:
     `reserved` says whether the piece's bytes are still reserved in the memory budget (until
     its buffer exists and is counted instead)."""
 
-    __slots__ = ("event", "data", "error", "start", "end", "reserved")
+    __slots__ = ("data", "end", "error", "event", "reserved", "start")
 
     def __init__(self, start: int, end: int) -> None:
         self.event = trio.Event()

@@ -26,17 +26,17 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ApiKey",
+    "ArtifactStore",
     "AssetSource",
     "CometServer",
     "FaultPlan",
     "FaultRule",
-    "ArtifactStore",
+    "VersionSpec",
     "load_api_key_file",
     "parse_api_key",
     "parse_faults",
     "seed_demo",
     "serve_forever",
-    "VersionSpec",
 ]
 
 

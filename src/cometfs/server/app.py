@@ -186,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- plumbing --------------------------------------------------------------------------
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s - " + format, self.address_string(), *args)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None
