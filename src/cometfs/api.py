@@ -42,8 +42,12 @@ _FLAGS = {
 }
 
 
-def _mount_argv(path: Path, server_url: str | None, cache_dir: str | os.PathLike[str] | None,
-                options: dict[str, Any]) -> list[str]:
+def _mount_argv(
+    path: Path,
+    server_url: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    options: dict[str, Any],
+) -> list[str]:
     argv = [sys.executable, "-m", "cometfs.cli", "mount", str(path), "--foreground"]
     if server_url is not None:
         argv += ["--server-url", server_url]
@@ -102,8 +106,9 @@ def mounted(
     if api_key is not None:
         env["COMET_API_KEY"] = api_key
     with tempfile.TemporaryFile() as output:
-        child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=output,
-                                 stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+        )
         try:
             _wait_ready(root, child, output, ready_timeout)
             yield root
@@ -137,8 +142,12 @@ def _stop(root: Path, child: subprocess.Popen[bytes]) -> None:
         still_mounted = True
     if still_mounted or _dead(root):
         # The process is gone but the kernel still holds the mount (killed, or it died).
-        subprocess.run(["fusermount3", "-u", "-z", str(root)], capture_output=True,
-                       check=False, timeout=STOP_TIMEOUT)
+        subprocess.run(
+            ["fusermount3", "-u", "-z", str(root)],
+            capture_output=True,
+            check=False,
+            timeout=STOP_TIMEOUT,
+        )
 
 
 def _dead(root: Path) -> bool:

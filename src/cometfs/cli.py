@@ -55,73 +55,148 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = commands.add_parser("mount", help="mount artifacts at MOUNTPOINT")
     m.add_argument("mountpoint", type=Path, help="an existing, empty directory")
-    m.add_argument("--server-url",
-                   help="Comet server (default: COMET_URL_OVERRIDE, the config file, "
-                        "or https://www.comet.com)")
-    m.add_argument("--workspace", action="append", default=[],
-                   help="show only this workspace; repeat for more "
-                        "(default: every workspace the key sees)")
-    m.add_argument("--cache-dir", type=Path,
-                   help="disk cache directory (default: $XDG_CACHE_HOME/cometfs/<server hash>)")
-    m.add_argument("--cache-size", type=parse_size, default=parse_size("10G"), metavar="SIZE",
-                   help="disk cache bound, LRU eviction, e.g. 512M or 50G (default: 10G)")
-    m.add_argument("--metadata-ttl", type=_non_negative_float, default=DEFAULT_METADATA_TTL,
-                   metavar="SECONDS",
-                   help="how long lists of artifacts, versions, aliases and tags are trusted "
-                        "(default: %(default)g)")
-    m.add_argument("--timeout", type=_non_negative_float, default=20.0, metavar="SECONDS",
-                   help="total deadline of one server request, retries included; a read "
-                        "waiting longer fails with EIO (default: %(default)s)")
-    m.add_argument("--foreground", action="store_true",
-                   help="stay attached; Ctrl-C unmounts (default: run in the background)")
-    m.add_argument("--allow-non-empty", action="store_true",
-                   help="mount over a directory that holds files, hiding them until the "
-                        "unmount (default: refuse)")
-    m.add_argument("--log-level", default="WARNING", type=str.upper,
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="log verbosity (default: WARNING)")
-    m.add_argument("--log-file", type=Path,
-                   help="append the log here (default: none in the background, stderr in the "
-                        "foreground)")
-    m.add_argument("-o", dest="fuse_options", action="append", default=[],
-                   metavar="FUSE_OPTION[,...]",
-                   help="extra FUSE mount options, e.g. allow_other (default: none)")
+    m.add_argument(
+        "--server-url",
+        help="Comet server (default: COMET_URL_OVERRIDE, the config file, "
+        "or https://www.comet.com)",
+    )
+    m.add_argument(
+        "--workspace",
+        action="append",
+        default=[],
+        help="show only this workspace; repeat for more (default: every workspace the key sees)",
+    )
+    m.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="disk cache directory (default: $XDG_CACHE_HOME/cometfs/<server hash>)",
+    )
+    m.add_argument(
+        "--cache-size",
+        type=parse_size,
+        default=parse_size("10G"),
+        metavar="SIZE",
+        help="disk cache bound, LRU eviction, e.g. 512M or 50G (default: 10G)",
+    )
+    m.add_argument(
+        "--metadata-ttl",
+        type=_non_negative_float,
+        default=DEFAULT_METADATA_TTL,
+        metavar="SECONDS",
+        help="how long lists of artifacts, versions, aliases and tags are trusted "
+        "(default: %(default)g)",
+    )
+    m.add_argument(
+        "--timeout",
+        type=_non_negative_float,
+        default=20.0,
+        metavar="SECONDS",
+        help="total deadline of one server request, retries included; a read "
+        "waiting longer fails with EIO (default: %(default)s)",
+    )
+    m.add_argument(
+        "--foreground",
+        action="store_true",
+        help="stay attached; Ctrl-C unmounts (default: run in the background)",
+    )
+    m.add_argument(
+        "--allow-non-empty",
+        action="store_true",
+        help="mount over a directory that holds files, hiding them until the "
+        "unmount (default: refuse)",
+    )
+    m.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity (default: WARNING)",
+    )
+    m.add_argument(
+        "--log-file",
+        type=Path,
+        help="append the log here (default: none in the background, stderr in the foreground)",
+    )
+    m.add_argument(
+        "-o",
+        dest="fuse_options",
+        action="append",
+        default=[],
+        metavar="FUSE_OPTION[,...]",
+        help="extra FUSE mount options, e.g. allow_other (default: none)",
+    )
 
     u = commands.add_parser("unmount", help="unmount (also a mount whose process died)")
     u.add_argument("mountpoint", type=Path, help="a cometfs mount point")
-    u.add_argument("--lazy", action="store_true",
-                   help="detach a busy mount now; it goes away when its last user lets go "
-                        "(default: refuse while busy)")
+    u.add_argument(
+        "--lazy",
+        action="store_true",
+        help="detach a busy mount now; it goes away when its last user lets go "
+        "(default: refuse while busy)",
+    )
 
     _add_tool_commands(commands)
 
     s = commands.add_parser("serve", help="run the local Comet-compatible server")
-    s.add_argument("--store", type=Path, default=None,
-                   help="store directory (default: $XDG_DATA_HOME/cometfs/store)")
-    s.add_argument("--host", default="127.0.0.1",
-                   help="address to bind; anything but loopback is warned about "
-                        "(default: %(default)s)")
-    s.add_argument("--port", type=int, default=18777,
-                   help="port to bind, 0 for any free one (default: %(default)s)")
-    s.add_argument("--api-key", action="append", default=[], metavar="KEY[:WS,WS...]",
-                   help="an accepted key, optionally limited to workspaces; visible in ps, "
-                        "prefer --api-key-file (default: COMET_API_KEY, all workspaces, "
-                        "when neither this nor --api-key-file is given)")
-    s.add_argument("--api-key-file", action="append", default=[], type=Path, metavar="FILE",
-                   help="read keys from FILE: one KEY[:WS,WS...] per line, # comments; must "
-                        "not be accessible by group or others (default: none)")
-    s.add_argument("--demo", action="store_true",
-                   help="seed demo artifacts (default: off)")
-    s.add_argument("--no-range", action="store_true",
-                   help="ignore Range on asset downloads (default: off, Range honoured)")
-    s.add_argument("--redirect", action="store_true",
-                   help="answer allow301=true with a redirect to a blob URL (default: off)")
-    s.add_argument("--faults", metavar="SPEC",
-                   help="inject faults, e.g. 'get-asset=500*2;get-asset=trickle:100'; grammar "
-                        "in cometfs/server/faults.py (default: none)")
-    s.add_argument("--latency", type=_non_negative_float, default=0.0, metavar="SECONDS",
-                   help="wait this long before every answer, to model a WAN "
-                        "(default: %(default)s)")
+    s.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="store directory (default: $XDG_DATA_HOME/cometfs/store)",
+    )
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind; anything but loopback is warned about (default: %(default)s)",
+    )
+    s.add_argument(
+        "--port",
+        type=int,
+        default=18777,
+        help="port to bind, 0 for any free one (default: %(default)s)",
+    )
+    s.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY[:WS,WS...]",
+        help="an accepted key, optionally limited to workspaces; visible in ps, "
+        "prefer --api-key-file (default: COMET_API_KEY, all workspaces, "
+        "when neither this nor --api-key-file is given)",
+    )
+    s.add_argument(
+        "--api-key-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="read keys from FILE: one KEY[:WS,WS...] per line, # comments; must "
+        "not be accessible by group or others (default: none)",
+    )
+    s.add_argument("--demo", action="store_true", help="seed demo artifacts (default: off)")
+    s.add_argument(
+        "--no-range",
+        action="store_true",
+        help="ignore Range on asset downloads (default: off, Range honoured)",
+    )
+    s.add_argument(
+        "--redirect",
+        action="store_true",
+        help="answer allow301=true with a redirect to a blob URL (default: off)",
+    )
+    s.add_argument(
+        "--faults",
+        metavar="SPEC",
+        help="inject faults, e.g. 'get-asset=500*2;get-asset=trickle:100'; grammar "
+        "in cometfs/server/faults.py (default: none)",
+    )
+    s.add_argument(
+        "--latency",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long before every answer, to model a WAN (default: %(default)s)",
+    )
     s.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
 
     store = commands.add_parser("store", help="manage the local server's store")
@@ -129,46 +204,89 @@ def build_parser() -> argparse.ArgumentParser:
     a = store_commands.add_parser("add", help="add a version from a directory")
     a.add_argument("artifact", metavar="WORKSPACE/NAME")
     a.add_argument("source", type=Path, metavar="SOURCE_DIR")
-    a.add_argument("--store", type=Path, default=None,
-                   help="store directory (default: $XDG_DATA_HOME/cometfs/store)")
-    a.add_argument("--version",
-                   help="strict semver (default: 1.0.0, or the next major after the highest)")
+    a.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="store directory (default: $XDG_DATA_HOME/cometfs/store)",
+    )
+    a.add_argument(
+        "--version", help="strict semver (default: 1.0.0, or the next major after the highest)"
+    )
     a.add_argument("--type", default="dataset", help="artifact type (default: %(default)s)")
-    a.add_argument("--alias", action="append", default=[],
-                   help="alias for this version, repeatable; moves off older ones "
-                        "(default: none)")
-    a.add_argument("--tag", action="append", default=[],
-                   help="artifact tag, repeatable (default: none)")
-    a.add_argument("--version-tag", action="append", default=[],
-                   help="version tag, repeatable (default: none)")
+    a.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        help="alias for this version, repeatable; moves off older ones (default: none)",
+    )
+    a.add_argument(
+        "--tag", action="append", default=[], help="artifact tag, repeatable (default: none)"
+    )
+    a.add_argument(
+        "--version-tag", action="append", default=[], help="version tag, repeatable (default: none)"
+    )
     a.add_argument("--metadata", help="version metadata, a JSON object (default: {})")
-    a.add_argument("--remote", action="append", default=[], metavar="LOGICAL_PATH=URI",
-                   help="add a remote asset, repeatable (default: none)")
-    a.add_argument("--follow-symlinks", action="store_true",
-                   help="copy the targets of symbolic links inside SOURCE_DIR instead of "
-                        "refusing them (default: off, any link is an error)")
-    a.add_argument("--outside-symlinks", action="store_true",
-                   help="with --follow-symlinks, also copy links that resolve outside "
-                        "SOURCE_DIR (default: off)")
+    a.add_argument(
+        "--remote",
+        action="append",
+        default=[],
+        metavar="LOGICAL_PATH=URI",
+        help="add a remote asset, repeatable (default: none)",
+    )
+    a.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="copy the targets of symbolic links inside SOURCE_DIR instead of "
+        "refusing them (default: off, any link is an error)",
+    )
+    a.add_argument(
+        "--outside-symlinks",
+        action="store_true",
+        help="with --follow-symlinks, also copy links that resolve outside "
+        "SOURCE_DIR (default: off)",
+    )
     d = commands.add_parser(
-        "download", help="download an artifact version like the SDK's download(), in parallel")
-    d.add_argument("artifact", metavar="WORKSPACE/NAME[:VERSION_OR_ALIAS]",
-                   help="the version to fetch (default alias: latest)")
+        "download", help="download an artifact version like the SDK's download(), in parallel"
+    )
+    d.add_argument(
+        "artifact",
+        metavar="WORKSPACE/NAME[:VERSION_OR_ALIAS]",
+        help="the version to fetch (default alias: latest)",
+    )
     d.add_argument("dest", type=Path, metavar="DEST", help="directory to write the assets into")
-    d.add_argument("--overwrite-strategy", default="FAIL", type=str.upper,
-                   choices=["FAIL", "PRESERVE", "OVERWRITE"],
-                   help="an existing file with other content: fail, keep it, or replace it "
-                        "(default: FAIL; identical files are always skipped)")
-    d.add_argument("--include-remote", action="store_true",
-                   help="also fetch remote assets whose link is http(s) (default: list, skip)")
+    d.add_argument(
+        "--overwrite-strategy",
+        default="FAIL",
+        type=str.upper,
+        choices=["FAIL", "PRESERVE", "OVERWRITE"],
+        help="an existing file with other content: fail, keep it, or replace it "
+        "(default: FAIL; identical files are always skipped)",
+    )
+    d.add_argument(
+        "--include-remote",
+        action="store_true",
+        help="also fetch remote assets whose link is http(s) (default: list, skip)",
+    )
     d.add_argument("--jobs", type=int, default=8, help="parallel downloads (default: 8)")
-    d.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar on stderr (default: only when stderr is a terminal)")
+    d.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: only when stderr is a terminal)",
+    )
     d.add_argument("--server-url", help="Comet server (default: COMET_URL_OVERRIDE or comet.com)")
-    d.add_argument("--cache-dir", type=Path,
-                   help="disk cache, shared with mounts of the same server (default: XDG cache)")
-    d.add_argument("--cache-size", type=parse_size, default=parse_size("10G"),
-                   help="disk cache bound (default: 10G)")
+    d.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="disk cache, shared with mounts of the same server (default: XDG cache)",
+    )
+    d.add_argument(
+        "--cache-size",
+        type=parse_size,
+        default=parse_size("10G"),
+        help="disk cache bound (default: 10G)",
+    )
     return parser
 
 
@@ -180,13 +298,20 @@ def _download(args: argparse.Namespace) -> None:
         raise ValueError("--jobs must be at least 1")
     config = resolve(server_url=args.server_url)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    with Engine(config, cache_dir=args.cache_dir.resolve() if args.cache_dir else None,
-                cache_size=args.cache_size) as engine:
+    with Engine(
+        config,
+        cache_dir=args.cache_dir.resolve() if args.cache_dir else None,
+        cache_size=args.cache_size,
+    ) as engine:
         try:
             result = download(
-                engine, args.artifact, args.dest,
+                engine,
+                args.artifact,
+                args.dest,
                 strategy=Strategy.parse(args.overwrite_strategy),
-                include_remote=args.include_remote, jobs=args.jobs, progress=progress,
+                include_remote=args.include_remote,
+                jobs=args.jobs,
+                progress=progress,
             )
         except DownloadError as exc:
             result = exc.result
@@ -205,26 +330,41 @@ def _download(args: argparse.Namespace) -> None:
 def _add_tool_commands(commands: Any) -> None:
     """prefetch, status and cache: everyday tools around a running mount."""
     p = commands.add_parser("prefetch", help="fill the disk cache for mounted paths")
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="mounted version dirs, folders, files or globs")
-    p.add_argument("--jobs", type=int, default=8, metavar="N",
-                   help="files read at once (default: 8)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar (default: only when stderr is a terminal)")
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="mounted version dirs, folders, files or globs"
+    )
+    p.add_argument(
+        "--jobs", type=int, default=8, metavar="N", help="files read at once (default: 8)"
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only when stderr is a terminal)",
+    )
 
     st = commands.add_parser("status", help="show this user's cometfs mounts")
-    st.add_argument("mountpoint", type=Path, nargs="?",
-                    help="one mount (default: every cometfs mount of this user)")
-    st.add_argument("--json", action="store_true",
-                    help="print the figures of .comet/status.json as JSON (default: text)")
+    st.add_argument(
+        "mountpoint",
+        type=Path,
+        nargs="?",
+        help="one mount (default: every cometfs mount of this user)",
+    )
+    st.add_argument(
+        "--json",
+        action="store_true",
+        help="print the figures of .comet/status.json as JSON (default: text)",
+    )
 
     c = commands.add_parser("cache", help="inspect or clear the disk caches")
     cache_commands = c.add_subparsers(dest="cache_command", required=True)
     cache_commands.add_parser("info", help="cache directories, their size and their mounts")
     clear = cache_commands.add_parser("clear", help="delete disk caches no mount is using")
-    clear.add_argument("--server-url",
-                       help="clear only this server's cache (default: every cache directory "
-                            "under $XDG_CACHE_HOME/cometfs)")
+    clear.add_argument(
+        "--server-url",
+        help="clear only this server's cache (default: every cache directory "
+        "under $XDG_CACHE_HOME/cometfs)",
+    )
 
 
 def _mount(args: argparse.Namespace) -> None:
@@ -290,8 +430,11 @@ def _status(args: argparse.Namespace) -> None:
     else:
         statuses = _live_statuses()
     if args.json:
-        print(json.dumps(statuses if args.mountpoint is None else statuses[0], indent=2,
-                         sort_keys=True))
+        print(
+            json.dumps(
+                statuses if args.mountpoint is None else statuses[0], indent=2, sort_keys=True
+            )
+        )
     elif not statuses:
         print("no cometfs mounts")
     else:
@@ -316,12 +459,18 @@ def _cache(args: argparse.Namespace) -> None:
             users = ", ".join(record["used_by"]) or "no mount"
             print(f"{record['cache_dir']}  {human_bytes(record['bytes'])}  used by: {users}")
         return
-    targets = ([default_cache_dir(resolve(server_url=args.server_url).server_url)]
-               if args.server_url else
-               sorted(d for d in base.iterdir() if d.is_dir()) if base.is_dir() else [])
+    targets = (
+        [default_cache_dir(resolve(server_url=args.server_url).server_url)]
+        if args.server_url
+        else sorted(d for d in base.iterdir() if d.is_dir())
+        if base.is_dir()
+        else []
+    )
     cleared = clear_caches(targets, statuses)
-    print(f"cleared {len(cleared)} cache director{'y' if len(cleared) == 1 else 'ies'}"
-          + "".join(f"\n  {d}" for d in cleared))
+    print(
+        f"cleared {len(cleared)} cache director{'y' if len(cleared) == 1 else 'ies'}"
+        + "".join(f"\n  {d}" for d in cleared)
+    )
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -329,16 +478,18 @@ def _serve(args: argparse.Namespace) -> None:
 
     from cometfs.server import load_api_key_file, parse_api_key, parse_faults, serve_forever
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     keys = [parse_api_key(spec) for spec in args.api_key]
     for path in args.api_key_file:
         keys.extend(load_api_key_file(path))
     if not keys and os.environ.get("COMET_API_KEY"):
         keys.append(parse_api_key(os.environ["COMET_API_KEY"]))
     if not keys:
-        raise CometFSError("serve needs an API key: --api-key-file FILE, --api-key "
-                           "KEY[:WS,...] or COMET_API_KEY")
+        raise CometFSError(
+            "serve needs an API key: --api-key-file FILE, --api-key KEY[:WS,...] or COMET_API_KEY"
+        )
     serve_forever(
         args.store or _default_store(),
         host=args.host,
@@ -373,21 +524,37 @@ def _store_add(args: argparse.Namespace) -> None:
     if args.outside_symlinks and not args.follow_symlinks:
         raise CometFSError("--outside-symlinks needs --follow-symlinks")
     spec = VersionSpec(
-        workspace, name, version=args.version, artifact_type=args.type, aliases=args.alias,
-        tags=args.tag, version_tags=args.version_tag, metadata=metadata, remotes=remotes,
+        workspace,
+        name,
+        version=args.version,
+        artifact_type=args.type,
+        aliases=args.alias,
+        tags=args.tag,
+        version_tags=args.version_tag,
+        metadata=metadata,
+        remotes=remotes,
     )
     version = ArtifactStore(args.store or _default_store()).add_directory(
-        spec, args.source,
-        follow_symlinks=args.follow_symlinks, outside_symlinks=args.outside_symlinks,
+        spec,
+        args.source,
+        follow_symlinks=args.follow_symlinks,
+        outside_symlinks=args.outside_symlinks,
     )
     print(f"added {workspace}/{name}:{version}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"mount": _mount, "unmount": _unmount, "serve": _serve, "store": _store_add,
-                "download": _download, "prefetch": _prefetch, "status": _status,
-                "cache": _cache}
+    handlers = {
+        "mount": _mount,
+        "unmount": _unmount,
+        "serve": _serve,
+        "store": _store_add,
+        "download": _download,
+        "prefetch": _prefetch,
+        "status": _status,
+        "cache": _cache,
+    }
     try:
         handlers[args.command](args)
     except (CometFSError, ValueError, OSError) as exc:

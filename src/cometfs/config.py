@@ -34,9 +34,7 @@ class Config:
 
     def require_key(self) -> str:
         if not self.api_key:
-            raise ConfigError(
-                "no Comet API key: set COMET_API_KEY or api_key in ~/.comet.config"
-            )
+            raise ConfigError("no Comet API key: set COMET_API_KEY or api_key in ~/.comet.config")
         return self.api_key
 
 

@@ -55,8 +55,9 @@ class Strategy(enum.Enum):
         try:
             return cls(text.upper())
         except ValueError:
-            raise ValueError(f"overwrite strategy must be FAIL, PRESERVE or OVERWRITE, "
-                             f"got {text!r}") from None
+            raise ValueError(
+                f"overwrite strategy must be FAIL, PRESERVE or OVERWRITE, got {text!r}"
+            ) from None
 
 
 class DownloadError(CometFSError):
@@ -83,10 +84,12 @@ class DownloadResult:
     bytes_written: int = 0
 
     def summary(self) -> str:
-        return (f"{self.version} -> {self.destination}: {len(self.written)} written, "
-                f"{len(self.identical)} already identical, {len(self.preserved)} preserved, "
-                f"{len(self.overwritten)} overwritten, {len(self.remote_skipped)} remote "
-                f"skipped, {len(self.conflicts) + len(self.failed)} failed")
+        return (
+            f"{self.version} -> {self.destination}: {len(self.written)} written, "
+            f"{len(self.identical)} already identical, {len(self.preserved)} preserved, "
+            f"{len(self.overwritten)} overwritten, {len(self.remote_skipped)} remote "
+            f"skipped, {len(self.conflicts) + len(self.failed)} failed"
+        )
 
 
 def parse_spec(spec: str) -> tuple[str, str, str]:
@@ -106,8 +109,15 @@ class _Progress:
         if enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc=label, dynamic_ncols=True, leave=True)
+            self._bar = tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=label,
+                dynamic_ncols=True,
+                leave=True,
+            )
 
     def update(self, n: int) -> None:
         if self._bar is not None and n:
@@ -119,9 +129,15 @@ class _Progress:
 
 
 class _Downloader:
-    def __init__(self, engine: Engine, dest: Path, strategy: Strategy,
-                 progress: _Progress, result: DownloadResult,
-                 open_url: Callable[[str], IO[bytes]]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        dest: Path,
+        strategy: Strategy,
+        progress: _Progress,
+        result: DownloadResult,
+        open_url: Callable[[str], IO[bytes]],
+    ) -> None:
         self._engine = engine
         self._dest = dest
         self._strategy = strategy
@@ -237,7 +253,7 @@ def download(
     prefix = f"{escape_name(ws)}/{escape_name(name)}/{version}/"
     todo: list[tuple[str, Entry]] = []
     for entry in engine.walk(f"{escape_name(ws)}/{escape_name(name)}/{version}"):
-        rel = entry.path[len(prefix):]
+        rel = entry.path[len(prefix) :]
         if rel.split("/", 1)[0] == META_DIR:
             continue
         if entry.type != "file":
@@ -253,20 +269,28 @@ def download(
         dest.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cometfs-download") as pool:
             # Largest first: the long transfers start early and the pool drains evenly.
-            for future in [pool.submit(worker.one, rel, entry)
-                           for rel, entry in sorted(todo, key=lambda t: -t[1].size)]:
+            for future in [
+                pool.submit(worker.one, rel, entry)
+                for rel, entry in sorted(todo, key=lambda t: -t[1].size)
+            ]:
                 future.result()
     finally:
         bar.close()
-    for bucket in (result.written, result.identical, result.preserved, result.overwritten,
-                   result.conflicts):
+    for bucket in (
+        result.written,
+        result.identical,
+        result.preserved,
+        result.overwritten,
+        result.conflicts,
+    ):
         bucket.sort()
     problems = [f"{rel} (exists with different content)" for rel in result.conflicts]
     problems += [f"{rel} ({why})" for rel, why in sorted(result.failed.items())]
     if problems:
         raise DownloadError(
-            f"{len(problems)} file(s) not downloaded from {result.version}: "
-            + ", ".join(problems), result)
+            f"{len(problems)} file(s) not downloaded from {result.version}: " + ", ".join(problems),
+            result,
+        )
     return result
 
 

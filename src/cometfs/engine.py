@@ -150,8 +150,12 @@ class Engine:
 
     async def _serve(self) -> None:
         graph = build_read_path(
-            self._client, self.cache_dir, self._cache_size,
-            metadata_ttl=self._ttl, workspaces=self.config.workspaces, status=self._status,
+            self._client,
+            self.cache_dir,
+            self._cache_size,
+            metadata_ttl=self._ttl,
+            workspaces=self.config.workspaces,
+            status=self._status,
             mount_time_ns=int(self._started_at * 1e9),
         )
         async with graph.reader:
@@ -251,8 +255,12 @@ class Engine:
 
     async def _follow_alias(self, artifact_dir: Directory, node: Node) -> Node:
         # Only a sibling version name counts; anything else is not ours to follow.
-        if isinstance(node, Symlink) and node.target and "/" not in node.target and \
-                node.target not in (".", ".."):
+        if (
+            isinstance(node, Symlink)
+            and node.target
+            and "/" not in node.target
+            and node.target not in (".", "..")
+        ):
             return await self._tree_graph.tree.lookup(artifact_dir, node.target)
         return node
 
@@ -337,9 +345,11 @@ class Engine:
         return b"".join(pieces)
 
     async def _stats(self) -> dict[str, Any]:
-        return {"requests": self._client.counters(), "cache": self._tree_graph.reader.stats(),
-                "byte_mode": self._client.byte_mode}
+        return {
+            "requests": self._client.counters(),
+            "cache": self._tree_graph.reader.stats(),
+            "byte_mode": self._client.byte_mode,
+        }
 
 
-__all__ = ["Engine", "EngineClosed", "EngineForked", "Entry", "NotAFile", "OpenFile",
-           "split_path"]
+__all__ = ["Engine", "EngineClosed", "EngineForked", "Entry", "NotAFile", "OpenFile", "split_path"]

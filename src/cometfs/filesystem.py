@@ -101,7 +101,9 @@ class CometFileSystem(AbstractFileSystem):
         with self._engine_lock:
             if self._engine_obj is None or not self._engine_obj.usable:
                 self._engine_obj = Engine(
-                    self._config, cache_dir=self._cache_dir, cache_size=self._cache_size,
+                    self._config,
+                    cache_dir=self._cache_dir,
+                    cache_size=self._cache_size,
                     metadata_ttl=self._metadata_ttl,
                 )
             return self._engine_obj
@@ -119,9 +121,9 @@ class CometFileSystem(AbstractFileSystem):
             return [cls._strip_protocol(p) for p in path]
         path = str(path)
         if path.startswith("comet://"):
-            path = path[len("comet://"):]
+            path = path[len("comet://") :]
         elif path.startswith("comet:"):
-            path = path[len("comet:"):]
+            path = path[len("comet:") :]
         return "/".join(part for part in path.split("/") if part)
 
     # -- metadata -----------------------------------------------------------------------------
@@ -179,16 +181,15 @@ class CometFileSystem(AbstractFileSystem):
         path = self._strip_protocol(path)
         with _os_errors(path):
             opened = self.engine.open(path)
-        return CometFile(self, path, opened, block_size=block_size,
-                         cache_options=cache_options, **kwargs)
+        return CometFile(
+            self, path, opened, block_size=block_size, cache_options=cache_options, **kwargs
+        )
 
 
 class CometFile(AbstractBufferedFile):
     """A random-access read-only file; fsspec's buffer in front of Engine.pread."""
 
-    def __init__(
-        self, fs: CometFileSystem, path: str, opened: OpenFile, **kwargs: Any
-    ) -> None:
+    def __init__(self, fs: CometFileSystem, path: str, opened: OpenFile, **kwargs: Any) -> None:
         self._opened = opened
         kwargs.setdefault("cache_type", "readahead")
         super().__init__(fs, path, mode="rb", size=opened.entry.size, **kwargs)

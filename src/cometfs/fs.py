@@ -227,9 +227,7 @@ class CometFS(pyfuse3.Operations):
     # -- files -------------------------------------------------------------------------------
 
     @_fuse_errors
-    async def open(
-        self, inode: int, flags: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & _WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
         node = self._tree.node(inode)
@@ -241,9 +239,7 @@ class CometFS(pyfuse3.Operations):
             # editable one also bypasses the page cache (direct_io), whose size may be an
             # earlier render's and would cut the read short.
             fh = self._new_handle(await self._tree.content(node), ctx)
-            return pyfuse3.FileInfo(
-                fh=fh, keep_cache=node.immutable, direct_io=not node.immutable
-            )
+            return pyfuse3.FileInfo(fh=fh, keep_cache=node.immutable, direct_io=not node.immutable)
         raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Directory) else errno.EINVAL)
 
     # pyfuse3 replies from any contiguous buffer (PyObject_GetBuffer), so a view of a cached

@@ -127,8 +127,11 @@ def _check_mountpoint(mountpoint: Path, allow_non_empty: bool = False) -> None:
 
 
 # Options the mount sets itself and a user may not turn around.
-_CONTRADICTIONS = {"rw": "the filesystem is read-only", "dev": "device files are never shown",
-                   "suid": "setuid bits are never honoured"}
+_CONTRADICTIONS = {
+    "rw": "the filesystem is read-only",
+    "dev": "device files are never shown",
+    "suid": "setuid bits are never honoured",
+}
 
 
 def fuse_options(extra: tuple[str, ...]) -> set[str]:
@@ -147,7 +150,11 @@ def fuse_options(extra: tuple[str, ...]) -> set[str]:
 
 
 def _status(
-    config: Config, client: CometClient, reader: AssetReader, mounted_at: float, ttl: float,
+    config: Config,
+    client: CometClient,
+    reader: AssetReader,
+    mounted_at: float,
+    ttl: float,
     cache_dir: Path | None = None,
 ) -> Callable[[], dict[str, Any]]:
     # pid and cache_dir let `cometfs status` and `cometfs cache` tie a mount to its process
@@ -186,7 +193,9 @@ async def _run(options: MountOptions, client: CometClient, ready: Callable[[], N
     _limit_malloc_arenas()
     mounted_at = time.time()
     graph = build_read_path(
-        client, options.cache_dir, options.cache_size,
+        client,
+        options.cache_dir,
+        options.cache_size,
         metadata_ttl=options.metadata_ttl,
         workspaces=options.config.workspaces,
         status=lambda reader: _status(
@@ -197,8 +206,13 @@ async def _run(options: MountOptions, client: CometClient, ready: Callable[[], N
     disk, reader, tree = graph.disk, graph.reader, graph.tree
     guard = Guard(deadline=options.timeout + _FUSE_DEADLINE_MARGIN)
     fs = CometFS(
-        tree, reader, uid=os.getuid(), gid=os.getgid(),
-        cache_bytes=disk.usage, cache_capacity=lambda: disk.capacity, guard=guard,
+        tree,
+        reader,
+        uid=os.getuid(),
+        gid=os.getgid(),
+        cache_bytes=disk.usage,
+        cache_capacity=lambda: disk.capacity,
+        guard=guard,
     )
     pyfuse3.init(fs, str(options.mountpoint), fuse_options(options.fuse_options))
     clean_exit = False

@@ -58,8 +58,9 @@ def _files_under(top: Path) -> Iterator[Path]:
     if not stat.S_ISDIR(st.st_mode):
         return
     for root, dirs, files in os.walk(top):
-        dirs[:] = sorted(d for d in dirs if d != ".comet" and not os.path.islink(
-            os.path.join(root, d)))
+        dirs[:] = sorted(
+            d for d in dirs if d != ".comet" and not os.path.islink(os.path.join(root, d))
+        )
         for name in sorted(files):
             path = Path(root, name)
             if not path.is_symlink():
@@ -106,8 +107,15 @@ def prefetch(paths: Iterable[str], *, jobs: int = 8, progress: bool = False) -> 
             sizes[file] = 0  # reported as a failure when read
     result = PrefetchResult()
     lock = threading.Lock()
-    bar = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, unit_divisor=1024,
-               desc="prefetch", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(sizes.values()),
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="prefetch",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with bar, ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="prefetch") as pool:
         futures = {pool.submit(_read_all, file, bar, lock): file for file in files}
         for future in as_completed(futures):

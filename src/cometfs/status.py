@@ -36,8 +36,8 @@ def _unescape(field: str) -> str:
     out: list[str] = []
     i = 0
     while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
             i += 4
         else:
             out.append(field[i])
@@ -193,8 +193,7 @@ def clear_caches(targets: list[Path], statuses: Iterable[dict[str, Any]]) -> lis
     busy = [f"{d} (used by {', '.join(users[d])})" for d in targets if d in users]
     if busy:
         raise CometFSError(
-            "refusing to clear a cache a mount is using: " + "; ".join(busy)
-            + "; unmount first"
+            "refusing to clear a cache a mount is using: " + "; ".join(busy) + "; unmount first"
         )
     cleared = []
     for target in targets:

@@ -70,11 +70,20 @@ class RestClient(Protocol):
     def assets(self, workspace: str, name: str, version: str) -> list[Asset]: ...
     def experiment_metadata(self, experiment_key: str) -> dict[str, Any]: ...
     def read_range(
-        self, asset_id: str, version_id: str, start: int, end: int, *,
+        self,
+        asset_id: str,
+        version_id: str,
+        start: int,
+        end: int,
+        *,
         expected_size: int | None = None,
     ) -> bytes | Buffer: ...
     def stream(
-        self, asset_id: str, version_id: str, *, chunk_size: int = ...,
+        self,
+        asset_id: str,
+        version_id: str,
+        *,
+        chunk_size: int = ...,
         expected_size: int | None = None,
     ) -> Any: ...
 
@@ -139,9 +148,7 @@ class Store:
         return {"stale_served": self._stale_served, "errors_cached": self._errors_cached}
 
     async def _call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await trio.to_thread.run_sync(
-            lambda: func(*args, **kwargs), limiter=self._limiter
-        )
+        return await trio.to_thread.run_sync(lambda: func(*args, **kwargs), limiter=self._limiter)
 
     def _serve_stale(self, key: tuple[Any, ...], entry: _Entry, exc: Exception) -> Any:
         self._stale_served += 1
@@ -151,8 +158,12 @@ class Store:
         return entry.value
 
     async def _cached(
-        self, cache: LRUCache[Hashable, _Entry], key: tuple[Any, ...],
-        func: Callable[..., T], *args: Any, **kwargs: Any,
+        self,
+        cache: LRUCache[Hashable, _Entry],
+        key: tuple[Any, ...],
+        func: Callable[..., T],
+        *args: Any,
+        **kwargs: Any,
     ) -> T:
         # .get, never `in` then `[]`: nothing can expire between the test and the read.
         now = self._clock()
@@ -213,28 +224,42 @@ class Store:
 
     async def resolve_alias(self, workspace: str, name: str, alias: str) -> ArtifactVersion:
         return await self._cached(
-            self._mutable, ("alias", workspace, name, alias),
-            self._client.artifact_version, workspace, name, alias=alias,
+            self._mutable,
+            ("alias", workspace, name, alias),
+            self._client.artifact_version,
+            workspace,
+            name,
+            alias=alias,
         )
 
     # -- what a version holds never changes: no expiry -------------------------------------
 
     async def version(self, workspace: str, name: str, version: str) -> ArtifactVersion:
         return await self._cached(
-            self._immutable, ("version", workspace, name, version),
-            self._client.artifact_version, workspace, name, version=version,
+            self._immutable,
+            ("version", workspace, name, version),
+            self._client.artifact_version,
+            workspace,
+            name,
+            version=version,
         )
 
     async def assets(self, workspace: str, name: str, version: str) -> list[Asset]:
         return await self._cached(
-            self._immutable, ("assets", workspace, name, version),
-            self._client.assets, workspace, name, version,
+            self._immutable,
+            ("assets", workspace, name, version),
+            self._client.assets,
+            workspace,
+            name,
+            version,
         )
 
     async def experiment(self, experiment_key: str) -> dict[str, Any]:
         return await self._cached(
-            self._immutable, ("experiment", experiment_key),
-            self._client.experiment_metadata, experiment_key,
+            self._immutable,
+            ("experiment", experiment_key),
+            self._client.experiment_metadata,
+            experiment_key,
         )
 
     # -- bytes: the reader's ByteSource -----------------------------------------------------

@@ -67,11 +67,18 @@ def mount_pid(path: Path) -> int | None:
 def unmount(path: Path, env: Mapping[str, str], timeout: float = 20.0) -> bool:
     """`cometfs unmount`, or a lazy `fusermount3 -u -z` if that fails; True once `path` is no
     longer a mount point (within `timeout` seconds)."""
-    result = subprocess.run([*CLI, "unmount", str(path)], env=dict(env),
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [*CLI, "unmount", str(path)],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     if result.returncode != 0:
-        subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False,
-                       capture_output=True, timeout=30)
+        subprocess.run(
+            ["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True, timeout=30
+        )
     return wait_until(lambda: not is_mounted(path), timeout)
 
 
@@ -80,7 +87,8 @@ def log_problems(log_file: Path) -> list[str]:
     if not log_file.exists():
         return []
     return [
-        line for line in log_file.read_text(errors="replace").splitlines()
+        line
+        for line in log_file.read_text(errors="replace").splitlines()
         if " WARNING " in line or " ERROR " in line or " CRITICAL " in line
     ]
 

@@ -49,9 +49,14 @@ REST_PATHS: Final[Mapping[str, str]] = {
     Endpoint.EXPERIMENT_METADATA: "experiment/metadata",
 }
 
-ENDPOINTS: Final = frozenset({
-    Endpoint.IS_ALIVE, *REST_PATHS, Endpoint.BLOB, Endpoint.UNKNOWN,
-})
+ENDPOINTS: Final = frozenset(
+    {
+        Endpoint.IS_ALIVE,
+        *REST_PATHS,
+        Endpoint.BLOB,
+        Endpoint.UNKNOWN,
+    }
+)
 
 
 class Field:

@@ -111,8 +111,11 @@ def test_429_waits_for_retry_after_and_bytes_are_right(store, make_server, mount
     # form is 1-2 s ahead in whole seconds, so at least ~1 s). Other ranges (readahead)
     # may be fetched meanwhile: only the same range is the retry.
     last = limited[-1]
-    retries = [e["time"] for e in server.request_log.entries("get-asset")
-               if e["range"] == last["range"] and e["time"] > last["time"]]
+    retries = [
+        e["time"]
+        for e in server.request_log.entries("get-asset")
+        if e["range"] == last["range"] and e["time"] > last["time"]
+    ]
     assert retries and retries[0] - last["time"] >= 0.9
 
 

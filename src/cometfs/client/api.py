@@ -263,9 +263,7 @@ class CometClient:
         finally:
             self._http.release(response)
 
-    def _checked(
-        self, chunks: Iterator[bytearray], digest: str, what: str
-    ) -> Iterator[bytearray]:
+    def _checked(self, chunks: Iterator[bytearray], digest: str, what: str) -> Iterator[bytearray]:
         """Pass chunks through, hashing them; StaleError at the end if the hash differs."""
         sha = hashlib.sha256()
         for chunk in chunks:

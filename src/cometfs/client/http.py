@@ -132,9 +132,7 @@ class Http:
         # Connections are kept per host (the API and any blob host), at most pool_size each:
         # enough for every worker thread of the store facade, so none is discarded after use.
         # block=False: a burst beyond that opens extra connections rather than queueing.
-        self._pool = urllib3.PoolManager(
-            num_pools=8, maxsize=pool_size, block=False, retries=False
-        )
+        self._pool = urllib3.PoolManager(num_pools=8, maxsize=pool_size, block=False, retries=False)
         self._lock = threading.Lock()
         self._counters: Counter[str] = Counter()
 
@@ -214,9 +212,7 @@ class Http:
                 self._sleep(delay)
         raise AssertionError("unreachable")  # the loop always returns or raises
 
-    def check_status(
-        self, response: Response, what: str, deadline: Deadline | None = None
-    ) -> None:
+    def check_status(self, response: Response, what: str, deadline: Deadline | None = None) -> None:
         """Return for 2xx; otherwise release the response and raise Retryable (429, 5xx) or
         the mapped ApiError."""
         status = response.status
@@ -304,9 +300,7 @@ class Http:
             raise Retryable(ProtocolError(f"{what}: the {encoding} body was cut short"))
         return body  # json.loads takes it as is: no copy of a large listing
 
-    def read_exact(
-        self, response: Response, size: int, what: str, deadline: Deadline
-    ) -> Buffer:
+    def read_exact(self, response: Response, size: int, what: str, deadline: Deadline) -> Buffer:
         """Read a body that must be exactly `size` bytes into one buffer; else Retryable.
 
         Returns the buffer itself (a bytearray, or for a big body an anonymous mapping;
@@ -325,8 +319,10 @@ class Http:
                     break
                 got += n
             # Without a Content-Length nothing else says where the body ends.
-            if got == size and declared is None and self.read_some(
-                response, bytearray(1), what, deadline
+            if (
+                got == size
+                and declared is None
+                and self.read_some(response, bytearray(1), what, deadline)
             ):
                 raise Retryable(ProtocolError(f"{what}: body longer than {size} bytes"))
         finally:

@@ -303,5 +303,3 @@ def _object_list(obj: Mapping[str, Any], key: str, where: str) -> list[Mapping[s
     if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
         raise _wrong_type(key, "a list of objects", value, where)
     return value
-
-

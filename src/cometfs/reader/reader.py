@@ -439,9 +439,7 @@ class AssetReader:
             if on_done is not None:
                 on_done()
 
-    async def _load_from_disk(
-        self, key: AssetKey, slots: dict[Piece, Slot]
-    ) -> dict[Piece, Slot]:
+    async def _load_from_disk(self, key: AssetKey, slots: dict[Piece, Slot]) -> dict[Piece, Slot]:
         """Complete the whole-block slots the disk cache can fill; return the others."""
         disk = self._disk
         if disk is None:
@@ -625,4 +623,3 @@ class AssetReader:
             )
         else:
             logger.debug("disk cache %s failed: %s", action, exc)
-

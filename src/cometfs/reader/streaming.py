@@ -130,8 +130,12 @@ class StreamLoader:
         for index, slot in slots.items():
             if slot.done:
                 continue
-            if (stream is not None and stream.error is None and not stream.cut
-                    and index >= stream.position):
+            if (
+                stream is not None
+                and stream.error is None
+                and not stream.cut
+                and index >= stream.position
+            ):
                 stream.waiting[index] = slot
                 stream.furthest = max(stream.furthest, index)
             else:
@@ -186,8 +190,7 @@ class StreamLoader:
                 stream.error = exc
         if stream.error is None and not stream.cut and stream.received < key.size:
             stream.error = ProtocolError(
-                f"stream of asset {key.asset_id} ended after {stream.received} of "
-                f"{key.size} bytes"
+                f"stream of asset {key.asset_id} ended after {stream.received} of {key.size} bytes"
             )
 
     async def _on_chunk(self, stream: _Stream, chunk: Buffer) -> None:
@@ -314,4 +317,3 @@ class StreamLoader:
 
 
 __all__ = ["StreamLoader"]
-

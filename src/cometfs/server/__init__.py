@@ -69,8 +69,11 @@ def serve_forever(
     if demo:
         seed_demo(store)
     if not _is_loopback(host):
-        logger.warning("serving on non-loopback address %s: anyone who can reach it and "
-                       "knows a key can read the store", host)
+        logger.warning(
+            "serving on non-loopback address %s: anyone who can reach it and "
+            "knows a key can read the store",
+            host,
+        )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -78,16 +81,25 @@ def serve_forever(
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    server = CometServer(store, host=host, port=port, api_keys=api_keys, ranges=ranges,
-                         redirect=redirect, faults=faults, latency=latency)
+    server = CometServer(
+        store,
+        host=host,
+        port=port,
+        api_keys=api_keys,
+        ranges=ranges,
+        redirect=redirect,
+        faults=faults,
+        latency=latency,
+    )
     try:
         try:
             server.start()
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
-            raise CometFSError(f"port {port} on {host} is in use: stop the other server or "
-                               f"pass --port N") from None
+            raise CometFSError(
+                f"port {port} on {host} is in use: stop the other server or pass --port N"
+            ) from None
         print(f"cometfs serve: listening on {server.url} (store {store_root})", flush=True)
         stop.wait()
     finally:

@@ -189,8 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s - " + format, self.address_string(), *args)
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None
-                   ) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """JSON instead of the stdlib's HTML for requests it rejects itself (malformed ones)."""
         try:
             phrase = HTTPStatus(code).phrase
@@ -231,9 +230,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._fault: FaultRule | None = None
         self._bytes = 0
         self._entry: dict[str, Any] = {
-            "time": time.time(), "method": self.command, "path": path,
-            "endpoint": endpoint, "params": params, "range": self.headers.get("Range"),
-            "status": None, "bytes": 0, "duration_ms": None,
+            "time": time.time(),
+            "method": self.command,
+            "path": path,
+            "endpoint": endpoint,
+            "params": params,
+            "range": self.headers.get("Range"),
+            "status": None,
+            "bytes": 0,
+            "duration_ms": None,
         }
         self._recorded = False
         started = time.monotonic()
@@ -246,22 +251,31 @@ class _Handler(BaseHTTPRequestHandler):
             if rule is not None and self._apply_fault(rule):
                 return
             if not method_allowed:
-                raise HttpError(405, f"method {self.command} not allowed: the server is read-only",
-                                headers=[("Allow", "GET, HEAD")])
+                raise HttpError(
+                    405,
+                    f"method {self.command} not allowed: the server is read-only",
+                    headers=[("Allow", "GET, HEAD")],
+                )
             key = None
             if route.needs_key:
                 key = app.authenticate(self.headers.get("Authorization"))
                 if key is None:
                     raise HttpError(401, "Invalid or missing API key", SDK_BAD_KEY)
             request = Request(
-                path=path, params=params, store=app.store, signer=app, key=key,
+                path=path,
+                params=params,
+                store=app.store,
+                signer=app,
+                key=key,
                 host=self.headers.get("Host") or app.url.split("://", 1)[1],
-                ranges=app.ranges, redirect=app.redirect,
+                ranges=app.ranges,
+                redirect=app.redirect,
             )
             self._respond(endpoint, route.endpoint(request))
         except HttpError as exc:
-            self._send_json(exc.status, render.error_body(exc.msg, exc.status, exc.sdk_error_code),
-                            exc.headers)
+            self._send_json(
+                exc.status, render.error_body(exc.msg, exc.status, exc.sdk_error_code), exc.headers
+            )
         except (ConnectionError, TimeoutError):
             logger.debug("server: client went away during %s", endpoint)
             self.close_connection = True
@@ -279,8 +293,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._recorded:
             log.record(self._entry)
             self._recorded = True
-        log.update(self._entry, bytes=self._bytes,
-                   duration_ms=round((time.monotonic() - started) * 1000, 3))
+        log.update(
+            self._entry,
+            bytes=self._bytes,
+            duration_ms=round((time.monotonic() - started) * 1000, 3),
+        )
         log.finish(self._entry)
 
     def _begin(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
@@ -311,8 +328,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
         elif kind == "stall":
             app = self.server.app
-            logger.info("server: stalling a %s body until close (at most %gs)",
-                        self._entry["endpoint"], STALL_MAX)
+            logger.info(
+                "server: stalling a %s body until close (at most %gs)",
+                self._entry["endpoint"],
+                STALL_MAX,
+            )
             app.closing.wait(STALL_MAX)
             self.close_connection = True
 
@@ -333,7 +353,7 @@ class _Handler(BaseHTTPRequestHandler):
         view = memoryview(data)
         closing = self.server.app.closing
         for start in range(0, len(view), step):
-            piece = view[start:start + step]
+            piece = view[start : start + step]
             self.wfile.write(piece)
             self._bytes += len(piece)
             if closing.wait(len(piece) / rate):
@@ -345,17 +365,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._emit(data[: self._body_length(len(data))])
         self._after_body()
 
-    def _send_json(
-        self, status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()
-    ) -> None:
+    def _send_json(self, status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()) -> None:
         body = json.dumps(obj).encode("utf-8")
         extra = list(headers)
         if self._fault_kind() == "gzip-bomb":
             assert self._fault is not None
             body = gzip_bomb(body, self._fault.size)
             extra.append(("Content-Encoding", "gzip"))
-        self._begin(status, [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))),
-                             *extra])
+        self._begin(
+            status, [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))), *extra]
+        )
         self._write(body)
 
     def _apply_fault(self, rule: FaultRule) -> bool:
@@ -370,13 +389,19 @@ class _Handler(BaseHTTPRequestHandler):
                 headers.append(("Retry-After", email.utils.formatdate(when, usegmt=True)))
             elif rule.retry_after is not None:
                 headers.append(("Retry-After", f"{rule.retry_after:g}"))
-            self._send_json(status, render.error_body(f"injected fault {status}", status, None),
-                            headers)
+            self._send_json(
+                status, render.error_body(f"injected fault {status}", status, None), headers
+            )
             return True
         if rule.kind == "not-final":
-            self._send_json(400, render.error_body(
-                "Artifact version is not in a finalized state (injected fault)", 400,
-                SDK_NOT_FINAL))
+            self._send_json(
+                400,
+                render.error_body(
+                    "Artifact version is not in a finalized state (injected fault)",
+                    400,
+                    SDK_NOT_FINAL,
+                ),
+            )
             return True
         if rule.kind == "reset":
             self._reset()
@@ -388,8 +413,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _respond(self, endpoint: str, response: Response) -> None:
         if isinstance(response, JsonResponse):
             body = response.body
-            if (self._fault_kind() == "huge-size" and endpoint == Endpoint.VERSION_FILES
-                    and body[Field.FILES]):
+            if (
+                self._fault_kind() == "huge-size"
+                and endpoint == Endpoint.VERSION_FILES
+                and body[Field.FILES]
+            ):
                 body[Field.FILES][0][Field.FILE_SIZE] = HUGE_SIZE
             self._send_json(response.status, body, response.headers)
         elif isinstance(response, RedirectResponse):
@@ -413,14 +441,18 @@ class _Handler(BaseHTTPRequestHandler):
             if header is not None:
                 window = parse_range(header, size)
                 if window == _UNSATISFIABLE:
-                    raise HttpError(416, "Range Not Satisfiable",
-                                    headers=[("Content-Range", f"bytes */{size}")])
+                    raise HttpError(
+                        416, "Range Not Satisfiable", headers=[("Content-Range", f"bytes */{size}")]
+                    )
                 if window is not None:
                     first, last = window
                     status = 206
             length = last - first + 1 if size else 0
-            headers = [("Content-Type", BYTES_TYPE), ("Content-Length", str(length)),
-                       ("ETag", f'"{sha256}"')]
+            headers = [
+                ("Content-Type", BYTES_TYPE),
+                ("Content-Length", str(length)),
+                ("ETag", f'"{sha256}"'),
+            ]
             if ranges:
                 headers.append(("Accept-Ranges", "bytes"))
             if status == 206:
@@ -504,8 +536,10 @@ class CometServer:
         self._httpd = _HTTPServer(self, (self.host, self.port))
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"cometfs-server-{self.port}", daemon=True,
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"cometfs-server-{self.port}",
+            daemon=True,
         )
         self._thread.start()
         logger.info("server: listening on %s", self.url)
@@ -542,9 +576,13 @@ class CometServer:
         when the key was not accepted.
         """
         with self._keys_lock:
-            kept = tuple(k for k in self.api_keys if not hmac.compare_digest(
-                k.key.encode("utf-8", "surrogateescape"),
-                key.encode("utf-8", "surrogateescape")))
+            kept = tuple(
+                k
+                for k in self.api_keys
+                if not hmac.compare_digest(
+                    k.key.encode("utf-8", "surrogateescape"), key.encode("utf-8", "surrogateescape")
+                )
+            )
             if len(kept) == len(self.api_keys):
                 raise ValueError("revoke_key: that key is not accepted by this server")
             self.api_keys = kept
@@ -572,4 +610,3 @@ class CometServer:
         if not hmac.compare_digest(good, mac) or int(expiry) < time.time():
             return None
         return sha
-

@@ -75,7 +75,8 @@ def load_api_key_file(path: Path) -> list[ApiKey]:
             if mode & (stat.S_IRWXG | stat.S_IRWXO):
                 raise ValueError(
                     f"API key file {path} is accessible by group or others "
-                    f"(mode {stat.S_IMODE(mode):04o}): run chmod 600 {path}")
+                    f"(mode {stat.S_IMODE(mode):04o}): run chmod 600 {path}"
+                )
             lines = f.read().splitlines()
     except OSError as exc:
         raise ValueError(f"cannot read API key file {path}: {exc.strerror}") from None

@@ -46,8 +46,12 @@ _FONT = {
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def png_encode(width: int, height: int, pixels: bytes | bytearray, channels: int = 1) -> bytes:
@@ -55,12 +59,14 @@ def png_encode(width: int, height: int, pixels: bytes | bytearray, channels: int
     encoder of the project: the benchmark's chart and the tests' images use it too."""
     color_type = {1: 0, 3: 2}[channels]
     stride = width * channels
-    raw = b"".join(
-        b"\x00" + bytes(pixels[y * stride:(y + 1) * stride]) for y in range(height)
-    )
+    raw = b"".join(b"\x00" + bytes(pixels[y * stride : (y + 1) * stride]) for y in range(height))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(raw, 9)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(raw, 9))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def png_gray(width: int, height: int, pixels: Sequence[int]) -> bytes:
@@ -90,20 +96,28 @@ def npy_bytes(shape: tuple[int, ...], values: Sequence[float]) -> bytes:
     # magic(6) + version(2) + header length(2) + header + padding + "\n" is a multiple of 64.
     pad = 64 - (10 + len(header) + 1) % 64
     header += b" " * (pad % 64) + b"\n"
-    return (b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
-            + struct.pack(f"<{len(values)}f", *values))
+    return (
+        b"\x93NUMPY\x01\x00"
+        + struct.pack("<H", len(header))
+        + header
+        + struct.pack(f"<{len(values)}f", *values)
+    )
 
 
-def safetensors_bytes(tensors: dict[str, tuple[tuple[int, ...], list[float]]],
-                      metadata: dict[str, str]) -> bytes:
+def safetensors_bytes(
+    tensors: dict[str, tuple[tuple[int, ...], list[float]]], metadata: dict[str, str]
+) -> bytes:
     """float32 tensors in the safetensors layout: u64 header size, JSON header, raw data."""
     header: dict[str, Any] = {"__metadata__": metadata}
     blobs: list[bytes] = []
     offset = 0
     for name, (shape, values) in tensors.items():
         data = struct.pack(f"<{len(values)}f", *values)
-        header[name] = {"dtype": "F32", "shape": list(shape),
-                        "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     hbytes = json.dumps(header, separators=(",", ":")).encode()
@@ -117,8 +131,9 @@ def _exp_key(name: str, version: str) -> str:
 
 def _mnist(per_class: int, seed: int) -> list[AssetSource]:
     rng = random.Random(seed)
-    assets = [AssetSource("classes.txt", data="\n".join(str(d) for d in range(10)).encode()
-                          + b"\n")]
+    assets = [
+        AssetSource("classes.txt", data="\n".join(str(d) for d in range(10)).encode() + b"\n")
+    ]
     for digit in range(10):
         for n in range(per_class):
             assets.append(AssetSource(f"train/{digit}/{n:03d}.png", data=_digit_png(rng, digit)))
@@ -127,10 +142,42 @@ def _mnist(per_class: int, seed: int) -> list[AssetSource]:
 
 def _titanic_csv(rows: int, seed: int) -> bytes:
     rng = random.Random(seed)
-    first = ["John", "Mary", "William", "Anna", "James", "Elizabeth", "Thomas", "Margaret",
-             "Henry", "Alice", "George", "Helen", "Charles", "Emily", "Edward", "Rose"]
-    last = ["Smith", "Brown", "Taylor", "Johnson", "Walker", "Wright", "Robinson", "Thompson",
-            "White", "Hughes", "Edwards", "Green", "Hall", "Wood", "Harris", "Clarke"]
+    first = [
+        "John",
+        "Mary",
+        "William",
+        "Anna",
+        "James",
+        "Elizabeth",
+        "Thomas",
+        "Margaret",
+        "Henry",
+        "Alice",
+        "George",
+        "Helen",
+        "Charles",
+        "Emily",
+        "Edward",
+        "Rose",
+    ]
+    last = [
+        "Smith",
+        "Brown",
+        "Taylor",
+        "Johnson",
+        "Walker",
+        "Wright",
+        "Robinson",
+        "Thompson",
+        "White",
+        "Hughes",
+        "Edwards",
+        "Green",
+        "Hall",
+        "Wood",
+        "Harris",
+        "Clarke",
+    ]
     lines = ["PassengerId,Survived,Pclass,Name,Sex,Age,SibSp,Parch,Fare,Embarked"]
     for pid in range(1, rows + 1):
         sex = rng.choice(["male", "female"])
@@ -139,8 +186,10 @@ def _titanic_csv(rows: int, seed: int) -> bytes:
         age = "" if rng.random() < 0.15 else f"{rng.uniform(0.5, 75):.1f}"
         fare = rng.uniform(5, 30) * (4 - pclass) ** 1.5
         name = f'"{rng.choice(last)}, {"Mr." if sex == "male" else "Mrs."} {rng.choice(first)}"'
-        lines.append(f"{pid},{survived},{pclass},{name},{sex},{age},{rng.randrange(0, 4)},"
-                     f"{rng.randrange(0, 3)},{fare:.4f},{rng.choice('SCQ')}")
+        lines.append(
+            f"{pid},{survived},{pclass},{name},{sex},{age},{rng.randrange(0, 4)},"
+            f"{rng.randrange(0, 3)},{fare:.4f},{rng.choice('SCQ')}"
+        )
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -156,8 +205,13 @@ def _tiny_net(seed: int, hidden: int) -> list[AssetSource]:
         "fc2.weight": ((10, hidden), gauss(10 * hidden)),
         "fc2.bias": ((10,), gauss(10)),
     }
-    config = {"architecture": "mlp", "input_dim": 16, "hidden_dim": hidden, "num_classes": 10,
-              "activation": "relu"}
+    config = {
+        "architecture": "mlp",
+        "input_dim": 16,
+        "hidden_dim": hidden,
+        "num_classes": 10,
+        "activation": "relu",
+    }
     return [
         AssetSource("config.json", data=(json.dumps(config, indent=2) + "\n").encode()),
         AssetSource("model.safetensors", data=safetensors_bytes(tensors, {"format": "pt"})),
@@ -183,40 +237,86 @@ def seed_demo(store: ArtifactStore) -> None:
         return art is not None and art.find_version(version) is not None
 
     plans: list[tuple[str, str, dict[str, Any], Any]] = [
-        ("mnist-mini", "1.0.0", dict(
-            artifact_type="dataset", aliases=["production"], tags=["images", "mnist"],
-            version_tags=["initial"], description="Tiny MNIST-like digits in class folders",
-            metadata={"num_classes": 10, "per_class": 10, "image_size": [28, 28]},
-        ), lambda: _mnist(10, seed=1)),
-        ("mnist-mini", "2.0.0", dict(
-            artifact_type="dataset", aliases=["staging"], tags=["images", "mnist"],
-            version_tags=["more-data"],
-            metadata={"num_classes": 10, "per_class": 15, "image_size": [28, 28]},
-        ), lambda: _mnist(15, seed=2)),
-        ("titanic", "1.0.0", dict(
-            artifact_type="dataset", aliases=["production"], tags=["tabular", "csv"],
-            version_tags=["cleaned"], description="Synthetic passenger table",
-            metadata={"rows": 300, "target": "Survived"},
-            remotes={"raw/full.csv": "https://example.com/datasets/titanic/full.csv"},
-        ), lambda: [AssetSource("README.md", data=_TITANIC_README),
-                    AssetSource("train.csv", data=_titanic_csv(300, seed=3))]),
-        ("tiny-net", "1.0.0", dict(
-            artifact_type="model", aliases=["production"], tags=["mlp", "safetensors"],
-            version_tags=["baseline"], description="A tiny MLP checkpoint",
-            metadata={"framework": "pytorch", "accuracy": 0.91, "epochs": 5},
-        ), lambda: _tiny_net(seed=4, hidden=32)),
-        ("tiny-net", "1.1.0", dict(
-            artifact_type="model", aliases=["candidate"], tags=["mlp", "safetensors"],
-            version_tags=["finetuned"],
-            metadata={"framework": "pytorch", "accuracy": 0.94, "epochs": 12},
-        ), lambda: _tiny_net(seed=5, hidden=64)),
+        (
+            "mnist-mini",
+            "1.0.0",
+            dict(
+                artifact_type="dataset",
+                aliases=["production"],
+                tags=["images", "mnist"],
+                version_tags=["initial"],
+                description="Tiny MNIST-like digits in class folders",
+                metadata={"num_classes": 10, "per_class": 10, "image_size": [28, 28]},
+            ),
+            lambda: _mnist(10, seed=1),
+        ),
+        (
+            "mnist-mini",
+            "2.0.0",
+            dict(
+                artifact_type="dataset",
+                aliases=["staging"],
+                tags=["images", "mnist"],
+                version_tags=["more-data"],
+                metadata={"num_classes": 10, "per_class": 15, "image_size": [28, 28]},
+            ),
+            lambda: _mnist(15, seed=2),
+        ),
+        (
+            "titanic",
+            "1.0.0",
+            dict(
+                artifact_type="dataset",
+                aliases=["production"],
+                tags=["tabular", "csv"],
+                version_tags=["cleaned"],
+                description="Synthetic passenger table",
+                metadata={"rows": 300, "target": "Survived"},
+                remotes={"raw/full.csv": "https://example.com/datasets/titanic/full.csv"},
+            ),
+            lambda: [
+                AssetSource("README.md", data=_TITANIC_README),
+                AssetSource("train.csv", data=_titanic_csv(300, seed=3)),
+            ],
+        ),
+        (
+            "tiny-net",
+            "1.0.0",
+            dict(
+                artifact_type="model",
+                aliases=["production"],
+                tags=["mlp", "safetensors"],
+                version_tags=["baseline"],
+                description="A tiny MLP checkpoint",
+                metadata={"framework": "pytorch", "accuracy": 0.91, "epochs": 5},
+            ),
+            lambda: _tiny_net(seed=4, hidden=32),
+        ),
+        (
+            "tiny-net",
+            "1.1.0",
+            dict(
+                artifact_type="model",
+                aliases=["candidate"],
+                tags=["mlp", "safetensors"],
+                version_tags=["finetuned"],
+                metadata={"framework": "pytorch", "accuracy": 0.94, "epochs": 12},
+            ),
+            lambda: _tiny_net(seed=5, hidden=64),
+        ),
     ]
     for day, (name, version, kwargs, make_assets) in enumerate(plans):
         if have(name, version):
             continue
-        store.add_version(VersionSpec(
-            WORKSPACE, name, make_assets(), version=version,
-            experiment_key=_exp_key(name, version), created_ms=_BASE_MS + day * _DAY_MS,
-            **kwargs,
-        ))
+        store.add_version(
+            VersionSpec(
+                WORKSPACE,
+                name,
+                make_assets(),
+                version=version,
+                experiment_key=_exp_key(name, version),
+                created_ms=_BASE_MS + day * _DAY_MS,
+                **kwargs,
+            )
+        )
     logger.info("demo: workspace %r is seeded", WORKSPACE)

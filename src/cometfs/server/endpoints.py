@@ -147,8 +147,13 @@ def artifact_list(req: Request) -> Response:
 
 def artifact(req: Request) -> Response:
     p = req.params
-    art = _find_artifact(req.caller, req.store.snapshot(), p.get("artifact_id"),
-                         p.get("workspace"), p.get("artifactName"))
+    art = _find_artifact(
+        req.caller,
+        req.store.snapshot(),
+        p.get("artifact_id"),
+        p.get("workspace"),
+        p.get("artifactName"),
+    )
     return _ok(render.artifact_details(art))
 
 
@@ -158,8 +163,9 @@ def version(req: Request) -> Response:
     if not ws and p.get("experimentKey"):
         exp = snap.experiments.get(p["experimentKey"])
         ws = exp["workspaceName"] if exp else None
-    art = _find_artifact(key, snap, p.get("artifactId"), ws or None, p.get("artifactName"),
-                         default_ws=True)
+    art = _find_artifact(
+        key, snap, p.get("artifactId"), ws or None, p.get("artifactName"), default_ws=True
+    )
     ver: VersionRec | None
     if p.get("versionId"):
         ver = next((v for v in art.versions if v.version_id == p["versionId"]), None)
@@ -179,8 +185,13 @@ def version(req: Request) -> Response:
 
 def version_files(req: Request) -> Response:
     p = req.params
-    art = _find_artifact(req.caller, req.store.snapshot(), p.get("artifact_id"),
-                         p.get("workspace"), p.get("artifactName"))
+    art = _find_artifact(
+        req.caller,
+        req.store.snapshot(),
+        p.get("artifact_id"),
+        p.get("workspace"),
+        p.get("artifactName"),
+    )
     if p.get("version"):
         ver = art.find_version(p["version"])
     elif p.get("alias"):
@@ -210,8 +221,7 @@ def get_asset(req: Request) -> Response:
     if wanted_vid and wanted_vid != ver.version_id:
         raise HttpError(404, "Asset not found in that artifact version")
     if asset.remote or asset.sha256 is None:
-        raise HttpError(400, f"Asset {asset.file_name!r} is a remote asset; "
-                             f"fetch it from its link")
+        raise HttpError(400, f"Asset {asset.file_name!r} is a remote asset; fetch it from its link")
     if req.redirect and _truthy(req.params.get("allow301")):
         token = req.signer.blob_token(asset.sha256)
         return RedirectResponse(f"http://{req.host}{BLOB_PREFIX}{token}")
@@ -219,7 +229,7 @@ def get_asset(req: Request) -> Response:
 
 
 def blob(req: Request) -> Response:
-    sha = req.signer.check_blob_token(req.path[len(BLOB_PREFIX):])
+    sha = req.signer.check_blob_token(req.path[len(BLOB_PREFIX) :])
     if sha is None:
         raise HttpError(403, "invalid or expired blob token")
     return BlobResponse(req.store.snapshot().blob_path(sha), sha, ranges=True)
@@ -259,7 +269,7 @@ def route(path: str) -> Route:
     if path.startswith(BLOB_PREFIX):
         return BLOB_ROUTE
     if path.startswith(REST_PREFIX):
-        return ROUTES.get(path[len(REST_PREFIX):], UNKNOWN_REST_ROUTE)
+        return ROUTES.get(path[len(REST_PREFIX) :], UNKNOWN_REST_ROUTE)
     return UNKNOWN_ROUTE
 
 

@@ -58,8 +58,19 @@ from dataclasses import dataclass
 
 from cometfs.wire import ENDPOINTS
 
-KINDS = ("status", "delay", "truncate", "reset", "reset-mid", "trickle", "stall", "norange",
-         "gzip-bomb", "huge-size", "not-final")
+KINDS = (
+    "status",
+    "delay",
+    "truncate",
+    "reset",
+    "reset-mid",
+    "trickle",
+    "stall",
+    "norange",
+    "gzip-bomb",
+    "huge-size",
+    "not-final",
+)
 # Kinds that take no argument in the spec; `short` is parsed as `truncate`.
 _PLAIN_KINDS = ("truncate", "reset", "reset-mid", "stall", "norange", "huge-size", "not-final")
 _ALIASES = {"short": "truncate"}
@@ -190,26 +201,53 @@ def _parse_rule(text: str) -> FaultRule:
     try:
         if kind.isdigit():
             if arg == "date":
-                return FaultRule(endpoint, "status", status=int(kind), retry_date=True,
-                                 count=count, probability=probability)
+                return FaultRule(
+                    endpoint,
+                    "status",
+                    status=int(kind),
+                    retry_date=True,
+                    count=count,
+                    probability=probability,
+                )
             retry = _parse_number(arg, "Retry-After", text) if arg else None
-            return FaultRule(endpoint, "status", status=int(kind), retry_after=retry,
-                             count=count, probability=probability)
+            return FaultRule(
+                endpoint,
+                "status",
+                status=int(kind),
+                retry_after=retry,
+                count=count,
+                probability=probability,
+            )
         if kind == "delay":
             if not arg:
                 raise ValueError("delay needs seconds, e.g. delay:1.5")
-            return FaultRule(endpoint, "delay", seconds=_parse_number(arg, "delay", text),
-                             count=count, probability=probability)
+            return FaultRule(
+                endpoint,
+                "delay",
+                seconds=_parse_number(arg, "delay", text),
+                count=count,
+                probability=probability,
+            )
         if kind == "trickle":
             if not arg:
                 raise ValueError("trickle needs bytes per second, e.g. trickle:100")
-            return FaultRule(endpoint, "trickle", rate=_parse_number(arg, "rate", text),
-                             count=count, probability=probability)
+            return FaultRule(
+                endpoint,
+                "trickle",
+                rate=_parse_number(arg, "rate", text),
+                count=count,
+                probability=probability,
+            )
         if kind == "gzip-bomb":
             if arg and not arg.isdigit():
                 raise ValueError(f"gzip-bomb size must be a whole number of bytes, got {arg!r}")
-            return FaultRule(endpoint, "gzip-bomb", size=int(arg) if arg else GZIP_BOMB_SIZE,
-                             count=count, probability=probability)
+            return FaultRule(
+                endpoint,
+                "gzip-bomb",
+                size=int(arg) if arg else GZIP_BOMB_SIZE,
+                count=count,
+                probability=probability,
+            )
         if kind in _PLAIN_KINDS:
             if arg:
                 raise ValueError(f"{kind} takes no argument")
@@ -234,7 +272,7 @@ def parse_faults(spec: str) -> FaultPlan:
         if not part:
             continue
         if part.startswith("seed="):
-            value = part[len("seed="):].strip()
+            value = part[len("seed=") :].strip()
             try:
                 seed = int(value)
             except ValueError:

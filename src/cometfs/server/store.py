@@ -94,9 +94,7 @@ class AssetSource:
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.data is None):
-            raise StoreError(
-                f"asset {self.logical_path!r}: give exactly one of path= and data="
-            )
+            raise StoreError(f"asset {self.logical_path!r}: give exactly one of path= and data=")
 
 
 @dataclass(frozen=True)
@@ -131,7 +129,8 @@ class VersionSpec:
             _check_version(self.version)
         if not isinstance(self.artifact_type, str) or not self.artifact_type:
             raise StoreError(
-                f"artifact type must be a non-empty string, got {self.artifact_type!r}")
+                f"artifact type must be a non-empty string, got {self.artifact_type!r}"
+            )
         aliases = _check_aliases(self.aliases)
         tags = _check_labels("tags", self.tags)
         version_tags = _check_labels("version tags", self.version_tags)
@@ -149,8 +148,10 @@ class VersionSpec:
             if not isinstance(src.logical_path, str) or not src.logical_path:
                 raise StoreError("asset logical path must be a non-empty string")
         if self.experiment_key is not None and not _EXPERIMENT_KEY_RE.match(self.experiment_key):
-            raise StoreError(f"experiment key must be 1-128 characters of [A-Za-z0-9_-], "
-                             f"got {self.experiment_key!r}")
+            raise StoreError(
+                f"experiment key must be 1-128 characters of [A-Za-z0-9_-], "
+                f"got {self.experiment_key!r}"
+            )
         # Frozen: normalised values go in through object.__setattr__, once, here.
         normalised = {
             "assets": assets,
@@ -374,8 +375,11 @@ class ArtifactStore:
             if dead or age > STALE_TMP_SECONDS:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
-                logger.info("store: removed stale temp file %s (%s)", entry.name,
-                            "its writer is gone" if dead else f"{age:.0f}s old")
+                logger.info(
+                    "store: removed stale temp file %s (%s)",
+                    entry.name,
+                    "its writer is gone" if dead else f"{age:.0f}s old",
+                )
 
     @contextlib.contextmanager
     def _write_lock(self) -> Iterator[None]:
@@ -406,8 +410,9 @@ class ArtifactStore:
 
     def _bump_generation(self) -> None:
         # Renamed into place, so a reader sees the old or the new id, never a torn file.
-        self._write_json(self.root / "generation",
-                         {"id": uuid.uuid4().hex, "time_ns": time.time_ns()})
+        self._write_json(
+            self.root / "generation", {"id": uuid.uuid4().hex, "time_ns": time.time_ns()}
+        )
 
     def _artifact_dir(self, workspace: str, name: str) -> Path:
         return self.root / "workspaces" / _dirname(workspace) / _dirname(name)
@@ -428,8 +433,13 @@ class ArtifactStore:
                     size = len(data)
                 else:
                     assert source.path is not None
-                    size = self._copy_file(source.logical_path, Path(source.path), out, digest,
-                                           no_follow=source.no_follow)
+                    size = self._copy_file(
+                        source.logical_path,
+                        Path(source.path),
+                        out,
+                        digest,
+                        no_follow=source.no_follow,
+                    )
                 out.flush()
                 os.fsync(out.fileno())
             sha = digest.hexdigest()
@@ -502,9 +512,14 @@ class ArtifactStore:
         key = spec.experiment_key or uuid.uuid4().hex
         version_id = str(uuid.uuid4())
         vrec = {
-            "artifactVersionId": version_id, "version": version,
-            "tags": list(spec.version_tags), "metadata": dict(spec.metadata or {}),
-            "added": now_ms, "experimentKey": key, "owner": OWNER, "state": "CLOSED",
+            "artifactVersionId": version_id,
+            "version": version,
+            "tags": list(spec.version_tags),
+            "metadata": dict(spec.metadata or {}),
+            "added": now_ms,
+            "experimentKey": key,
+            "owner": OWNER,
+            "state": "CLOSED",
             "assets": records,
         }
         (art_dir / "versions").mkdir(parents=True, exist_ok=True)
@@ -519,9 +534,15 @@ class ArtifactStore:
 
         if art is None:
             art = {
-                "artifactId": str(uuid.uuid4()), "workspace": workspace, "name": name,
-                "type": spec.artifact_type, "description": spec.description, "tags": [],
-                "created": now_ms, "versions": [], "aliases": {},
+                "artifactId": str(uuid.uuid4()),
+                "workspace": workspace,
+                "name": name,
+                "type": spec.artifact_type,
+                "description": spec.description,
+                "tags": [],
+                "created": now_ms,
+                "versions": [],
+                "aliases": {},
             }
         elif spec.description is not None:
             art["description"] = spec.description
@@ -539,16 +560,31 @@ class ArtifactStore:
         records: list[dict[str, Any]] = []
         for src, ameta in zip(spec.assets, spec.asset_metadata, strict=True):
             sha, size = self._put_blob(src)
-            records.append({
-                "assetId": uuid.uuid4().hex, "fileName": src.logical_path, "fileSize": size,
-                "remote": False, "link": None, "type": src.asset_type or "asset",
-                "metadata": ameta, "sha256": sha,
-            })
+            records.append(
+                {
+                    "assetId": uuid.uuid4().hex,
+                    "fileName": src.logical_path,
+                    "fileSize": size,
+                    "remote": False,
+                    "link": None,
+                    "type": src.asset_type or "asset",
+                    "metadata": ameta,
+                    "sha256": sha,
+                }
+            )
         for logical, uri in (spec.remotes or {}).items():
-            records.append({
-                "assetId": uuid.uuid4().hex, "fileName": logical, "fileSize": 0,
-                "remote": True, "link": uri, "type": "asset", "metadata": None, "sha256": None,
-            })
+            records.append(
+                {
+                    "assetId": uuid.uuid4().hex,
+                    "fileName": logical,
+                    "fileSize": 0,
+                    "remote": True,
+                    "link": uri,
+                    "type": "asset",
+                    "metadata": None,
+                    "sha256": None,
+                }
+            )
         return records
 
     def _ensure_experiment(self, key: str, workspace: str, name: str, now_ms: int) -> None:
@@ -556,13 +592,25 @@ class ArtifactStore:
         exp_file = self.root / "experiments" / f"{key}.json"
         if exp_file.exists():
             return
-        self._write_json(exp_file, {
-            "experimentKey": key, "experimentName": name, "projectName": PROJECT_NAME,
-            "projectId": hashlib.sha256(workspace.encode()).hexdigest()[:32],
-            "workspaceName": workspace, "archived": False, "durationMillis": 1000,
-            "startTimeMillis": now_ms - 1000, "endTimeMillis": now_ms, "running": False,
-            "fileName": None, "filePath": None, "optimizationId": None, "throttle": False,
-        })
+        self._write_json(
+            exp_file,
+            {
+                "experimentKey": key,
+                "experimentName": name,
+                "projectName": PROJECT_NAME,
+                "projectId": hashlib.sha256(workspace.encode()).hexdigest()[:32],
+                "workspaceName": workspace,
+                "archived": False,
+                "durationMillis": 1000,
+                "startTimeMillis": now_ms - 1000,
+                "endTimeMillis": now_ms,
+                "running": False,
+                "fileName": None,
+                "filePath": None,
+                "optimizationId": None,
+                "throttle": False,
+            },
+        )
 
     def add_directory(
         self,
@@ -582,15 +630,17 @@ class ArtifactStore:
         only an explicit second opt-in can pull in files like /etc/passwd.
         """
         if spec.assets:
-            raise StoreError("add_directory takes its assets from the directory; "
-                             "the spec must list none")
+            raise StoreError(
+                "add_directory takes its assets from the directory; the spec must list none"
+            )
         source_dir = Path(source_dir)
         if not source_dir.is_dir():
             raise StoreError(f"source directory {source_dir} does not exist or is not a directory")
         root = Path(os.path.realpath(source_dir))
         sources: list[AssetSource] = []
-        self._collect(source_dir, "", root, (root,), sources,
-                      follow=follow_symlinks, outside=outside_symlinks)
+        self._collect(
+            source_dir, "", root, (root,), sources, follow=follow_symlinks, outside=outside_symlinks
+        )
         sources.sort(key=lambda s: s.logical_path)
         return self.add_version(dataclasses.replace(spec, assets=sources))
 
@@ -625,8 +675,9 @@ class ArtifactStore:
                 real = Path(os.path.realpath(target))
                 if real in chain:
                     raise StoreError(f"{full} leads back into {real}: a symlink loop")
-                cls._collect(full, logical + "/", root, (*chain, real), out,
-                             follow=follow, outside=outside)
+                cls._collect(
+                    full, logical + "/", root, (*chain, real), out, follow=follow, outside=outside
+                )
             elif stat.S_ISREG(mode):
                 out.append(AssetSource(logical, path=target, no_follow=True))
             else:
@@ -642,12 +693,14 @@ class ArtifactStore:
         if not follow:
             raise StoreError(
                 f"{full} is a symbolic link (to {link}); nothing was added. Remove it, or pass "
-                f"--follow-symlinks to copy what it points to")
+                f"--follow-symlinks to copy what it points to"
+            )
         target = Path(os.path.realpath(full))
         if not outside and not target.is_relative_to(root):
             raise StoreError(
                 f"{full} is a symbolic link to {target}, outside the source directory; "
-                f"nothing was added (pass --outside-symlinks as well to copy it anyway)")
+                f"nothing was added (pass --outside-symlinks as well to copy it anyway)"
+            )
         try:
             mode = target.stat().st_mode
         except OSError:
@@ -811,8 +864,10 @@ class ArtifactStore:
                 continue
             experiments[exp["experimentKey"]] = exp
         return Snapshot(
-            root=self.root, artifacts=artifacts,
-            experiments=experiments, by_artifact_id=by_artifact_id,
+            root=self.root,
+            artifacts=artifacts,
+            experiments=experiments,
+            by_artifact_id=by_artifact_id,
             by_asset_id=by_asset_id,
         )
 
@@ -834,24 +889,42 @@ class ArtifactStore:
                 continue
             assets = tuple(
                 AssetRec(
-                    asset_id=a["assetId"], file_name=a["fileName"], file_size=a["fileSize"],
-                    remote=a["remote"], link=a["link"], asset_type=a["type"],
-                    metadata=a["metadata"], sha256=a["sha256"],
+                    asset_id=a["assetId"],
+                    file_name=a["fileName"],
+                    file_size=a["fileSize"],
+                    remote=a["remote"],
+                    link=a["link"],
+                    asset_type=a["type"],
+                    metadata=a["metadata"],
+                    sha256=a["sha256"],
                 )
                 for a in raw["assets"]
             )
-            versions.append(VersionRec(
-                version_id=raw["artifactVersionId"], version=vstr,
-                aliases=tuple(sorted(al for al, v in alias_map.items() if v == vstr)),
-                tags=tuple(raw["tags"]), metadata=raw["metadata"], added_ms=raw["added"],
-                experiment_key=raw["experimentKey"], owner=raw["owner"], state=raw["state"],
-                size=sum(a.file_size for a in assets if not a.remote), assets=assets,
-            ))
+            versions.append(
+                VersionRec(
+                    version_id=raw["artifactVersionId"],
+                    version=vstr,
+                    aliases=tuple(sorted(al for al, v in alias_map.items() if v == vstr)),
+                    tags=tuple(raw["tags"]),
+                    metadata=raw["metadata"],
+                    added_ms=raw["added"],
+                    experiment_key=raw["experimentKey"],
+                    owner=raw["owner"],
+                    state=raw["state"],
+                    size=sum(a.file_size for a in assets if not a.remote),
+                    assets=assets,
+                )
+            )
         versions.sort(key=lambda v: _version_key(v.version))
         return ArtifactRec(
-            artifact_id=art["artifactId"], workspace=ws_name, workspace_id=ws_id,
-            name=art["name"], artifact_type=art["type"], description=art["description"],
-            tags=tuple(art["tags"]), versions=tuple(versions),
+            artifact_id=art["artifactId"],
+            workspace=ws_name,
+            workspace_id=ws_id,
+            name=art["name"],
+            artifact_type=art["type"],
+            description=art["description"],
+            tags=tuple(art["tags"]),
+            versions=tuple(versions),
         )
 
 

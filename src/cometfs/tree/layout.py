@@ -64,7 +64,10 @@ class Layout:
 
     def root(self) -> Directory:
         return self._table.directory(
-            ("root",), self._now_ns, self._load_root, resolve=self._resolve_workspace,
+            ("root",),
+            self._now_ns,
+            self._load_root,
+            resolve=self._resolve_workspace,
             ttl=self._ttl,
         )
 
@@ -138,8 +141,12 @@ class Layout:
             versions, skipped = split_versions(artifact.versions)
             for bad in skipped:
                 self.warn_once(
-                    ("version", ws, name, bad["version"]), "skipping version %r of %s/%s: %s",
-                    bad["version"], ws, name, bad["reason"],
+                    ("version", ws, name, bad["version"]),
+                    "skipping version %r of %s/%s: %s",
+                    bad["version"],
+                    ws,
+                    name,
+                    bad["reason"],
                 )
             for version in versions:
                 entries.append((file_name(version.version), self._version_dir(ws, name, version)))

@@ -237,8 +237,6 @@ class InodeTable:
             (*identity, target), lambda ino: Symlink(ino, mtime_ns, immutable, target)
         )
 
-    def asset_file(
-        self, identity: Hashable, mtime_ns: int, asset: Asset, version_id: str
-    ) -> Node:
+    def asset_file(self, identity: Hashable, mtime_ns: int, asset: Asset, version_id: str) -> Node:
         key = AssetKey(version_id, asset.asset_id, asset.size)
         return self.intern(identity, lambda ino: AssetFile(ino, mtime_ns, True, asset, key))

@@ -157,8 +157,10 @@ def assets_doc(
 ) -> list[dict[str, Any]]:
     """A version's `.comet/assets.json`: shown assets by path, then the skipped ones."""
     return [
-        *(logged_asset(assets[m.index], details, m.path)
-          for m in sorted(mapped, key=lambda m: m.path)),
+        *(
+            logged_asset(assets[m.index], details, m.path)
+            for m in sorted(mapped, key=lambda m: m.path)
+        ),
         *(logged_asset(assets[i], details, None) for i in _not_shown(assets, skipped)),
     ]
 
@@ -168,10 +170,23 @@ def path_map_doc(
 ) -> list[dict[str, Any]]:
     """A version's `.comet/path-map.json`: every asset not shown under its logical path."""
     return [
-        *({"logical_path": m.logical_path, "path": m.path,
-           "id": assets[m.index].asset_id, "reason": m.reason}
-          for m in sorted(mapped, key=lambda m: m.path) if m.reason is not None),
-        *({"logical_path": assets[i].logical_path, "path": None,
-           "id": assets[i].asset_id, "reason": skipped[i]}
-          for i in _not_shown(assets, skipped)),
+        *(
+            {
+                "logical_path": m.logical_path,
+                "path": m.path,
+                "id": assets[m.index].asset_id,
+                "reason": m.reason,
+            }
+            for m in sorted(mapped, key=lambda m: m.path)
+            if m.reason is not None
+        ),
+        *(
+            {
+                "logical_path": assets[i].logical_path,
+                "path": None,
+                "id": assets[i].asset_id,
+                "reason": skipped[i],
+            }
+            for i in _not_shown(assets, skipped)
+        ),
     ]

@@ -132,8 +132,9 @@ VERSION_FILES: tuple[tuple[str, Callable[[VersionInputs], Awaitable[bytes]], boo
 )
 
 
-def _bind(render: Callable[[VersionInputs], Awaitable[bytes]], inputs: VersionInputs
-          ) -> Callable[[], Awaitable[bytes]]:
+def _bind(
+    render: Callable[[VersionInputs], Awaitable[bytes]], inputs: VersionInputs
+) -> Callable[[], Awaitable[bytes]]:
     async def bound() -> bytes:
         return await render(inputs)
 
@@ -143,10 +144,14 @@ def _bind(render: Callable[[VersionInputs], Awaitable[bytes]], inputs: VersionIn
 def version_meta(table: InodeTable, inputs: VersionInputs, mtime: int) -> Directory:
     """The version's `.comet/` directory."""
     base = ("version-meta", inputs.ws, inputs.name, inputs.details.version)
-    return table.fixed_dir(base, mtime, [
-        (file, table.virtual((*base, file), mtime, _bind(render, inputs), immutable=fixed))
-        for file, render, fixed in VERSION_FILES
-    ])
+    return table.fixed_dir(
+        base,
+        mtime,
+        [
+            (file, table.virtual((*base, file), mtime, _bind(render, inputs), immutable=fixed))
+            for file, render, fixed in VERSION_FILES
+        ],
+    )
 
 
 def _problems(assets: Sequence[Asset]) -> dict[int, str]:
@@ -181,9 +186,11 @@ def version_entries(
     placed = map_asset_paths(
         [assets[i].logical_path for i in shown], [assets[i].asset_id for i in shown]
     )
-    mapped = placed if not skipped else [
-        MappedPath(shown[m.index], m.logical_path, m.path, m.reason) for m in placed
-    ]
+    mapped = (
+        placed
+        if not skipped
+        else [MappedPath(shown[m.index], m.logical_path, m.path, m.reason) for m in placed]
+    )
 
     # Nested directories are built eagerly from the one asset listing; remote links are
     # placed once every real entry is, so none can name one (see remote_link_refusal).
@@ -230,8 +237,11 @@ def version_entries(
         mapped = [m for m in mapped if m.index not in skipped]
     for index, reason in skipped.items():
         warn_once(
-            ("asset", where, assets[index].asset_id), "skipping asset %r of %s: %s",
-            assets[index].logical_path, where, reason,
+            ("asset", where, assets[index].asset_id),
+            "skipping asset %r of %s: %s",
+            assets[index].logical_path,
+            where,
+            reason,
         )
 
     inputs = VersionInputs(store, ws, name, details, assets, mapped, skipped)
