@@ -67,7 +67,7 @@ def test_mount_point_checks_say_what_is_wrong_and_what_to_do(tmp_path: Path) -> 
 
 
 def test_mount_cli_refuses_a_missing_mount_point_before_asking_the_server(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COMET_API_KEY", "k")
     code = main(["mount", str(tmp_path / "nope"), "--server-url", "http://127.0.0.1:9"])

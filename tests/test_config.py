@@ -23,7 +23,7 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
     return cwd, home
 
 
-def test_defaults_to_comet_cloud_without_a_key(dirs) -> None:
+def test_defaults_to_comet_cloud_without_a_key(dirs: tuple[Path, Path]) -> None:
     cwd, home = dirs
     config = resolve(environ={}, cwd=cwd, home=home)
     assert config.server_url == DEFAULT_SERVER_URL and config.api_key is None
@@ -31,7 +31,7 @@ def test_defaults_to_comet_cloud_without_a_key(dirs) -> None:
         config.require_key()
 
 
-def test_precedence_flags_env_named_file_cwd_home(dirs, tmp_path) -> None:
+def test_precedence_flags_env_named_file_cwd_home(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     cwd, home = dirs
     ini(
         home / ".comet.config",
@@ -55,7 +55,7 @@ def test_precedence_flags_env_named_file_cwd_home(dirs, tmp_path) -> None:
     assert resolve(api_key="flag-key", environ=env, cwd=cwd, home=home).api_key == "flag-key"
 
 
-def test_comet_config_may_name_a_directory(dirs, tmp_path) -> None:
+def test_comet_config_may_name_a_directory(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     cwd, home = dirs
     folder = tmp_path / "conf"
     folder.mkdir()
@@ -64,7 +64,7 @@ def test_comet_config_may_name_a_directory(dirs, tmp_path) -> None:
     assert config.api_key == "dir-key"
 
 
-def test_only_scheme_host_port_of_the_url_counts(dirs) -> None:
+def test_only_scheme_host_port_of_the_url_counts(dirs: tuple[Path, Path]) -> None:
     cwd, home = dirs
     env = {"COMET_URL_OVERRIDE": "http://127.0.0.1:18777/some/prefix/clientlib/"}
     assert resolve(environ=env, cwd=cwd, home=home).server_url == "http://127.0.0.1:18777"
@@ -73,19 +73,19 @@ def test_only_scheme_host_port_of_the_url_counts(dirs) -> None:
 
 
 @pytest.mark.parametrize("bad", ["ftp://host", "not a url", "http://", ""])
-def test_bad_urls_are_config_errors(bad) -> None:
+def test_bad_urls_are_config_errors(bad: str) -> None:
     with pytest.raises(ConfigError):
         root_url(bad)
 
 
-def test_workspace_flags_limit_and_env_workspace_is_only_a_default(dirs) -> None:
+def test_workspace_flags_limit_and_env_workspace_is_only_a_default(dirs: tuple[Path, Path]) -> None:
     cwd, home = dirs
     env = {"COMET_WORKSPACE": "env-ws"}
     assert resolve(environ=env, cwd=cwd, home=home).workspaces == ()
     assert resolve(workspaces=["a", "b"], environ=env, cwd=cwd, home=home).workspaces == ("a", "b")
 
 
-def test_key_never_in_repr_or_errors(dirs, tmp_path) -> None:
+def test_key_never_in_repr_or_errors(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     cwd, home = dirs
     config = resolve(api_key="secret-key-123", environ={}, cwd=cwd, home=home)
     assert "secret-key-123" not in repr(config)
@@ -99,7 +99,9 @@ def test_key_never_in_repr_or_errors(dirs, tmp_path) -> None:
 @pytest.mark.parametrize(
     "url", ["http://alice:s3cret-pw@127.0.0.1:1", "https://s3cret-pw@comet.example"]
 )
-def test_credentials_in_the_url_are_refused_without_echoing_them(dirs, url) -> None:
+def test_credentials_in_the_url_are_refused_without_echoing_them(
+    dirs: tuple[Path, Path], url: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         resolve(server_url=url, environ={}, cwd=dirs[0], home=dirs[1])
     assert "s3cret-pw" not in str(caught.value)

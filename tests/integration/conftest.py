@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
+from cometfs.server import CometServer
 from cometfs.testing import CLI, log_problems, mount_pid, unmount
 
 
@@ -80,13 +82,26 @@ class Mount:
         return log_problems(self.log_file)
 
 
+class MountFactory(Protocol):
+    """The type of the `mount_factory` fixture, for annotating tests that use it."""
+
+    def __call__(
+        self,
+        server: CometServer,
+        *extra: str,
+        expect_warnings: bool = False,
+        cache_dir: Path | None = None,
+        key: str | None = None,
+    ) -> Mount: ...
+
+
 @pytest.fixture
-def mount_factory(tmp_path: Path, api_key: str) -> Iterator[Callable[..., Mount]]:
+def mount_factory(tmp_path: Path, api_key: str) -> Iterator[MountFactory]:
     """mount_factory(server, *extra_args, expect_warnings=False) -> a started Mount."""
     mounts: list[Mount] = []
 
     def make(
-        server: object,
+        server: CometServer,
         *extra: str,
         expect_warnings: bool = False,
         cache_dir: Path | None = None,

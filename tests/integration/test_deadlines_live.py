@@ -8,12 +8,15 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from cometfs.server import ArtifactStore, AssetSource, VersionSpec, parse_faults
+from cometfs.server import ArtifactStore, AssetSource, CometServer, VersionSpec, parse_faults
 from cometfs.testing import CLI, wait_for, wait_unmounted
+
+from .conftest import MountFactory
 
 pytestmark = pytest.mark.fuse
 
@@ -41,7 +44,9 @@ def start_and_kill(argv: list[str], *, after: float = 1.0) -> float:
             reader.kill()
 
 
-def test_a_killed_reader_of_a_stalled_download_returns_at_once(store, make_server, mount_factory):
+def test_a_killed_reader_of_a_stalled_download_returns_at_once(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     add(store, "data", {"big.bin": os.urandom(3 << 20)})
     server = make_server(store=store, faults=parse_faults("get-asset=delay:60"))
     mount = mount_factory(server)
@@ -54,7 +59,9 @@ def test_a_killed_reader_of_a_stalled_download_returns_at_once(store, make_serve
     assert sorted(os.listdir(path.parent)) == [".comet", "big.bin"]
 
 
-def test_a_killed_ls_of_a_stalled_listing_returns_at_once(store, make_server, mount_factory):
+def test_a_killed_ls_of_a_stalled_listing_returns_at_once(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     add(store, "data", {"a.txt": b"a"})
     server = make_server(store=store)
     mount = mount_factory(server)
@@ -63,7 +70,9 @@ def test_a_killed_ls_of_a_stalled_listing_returns_at_once(store, make_server, mo
     server.faults.clear()
 
 
-def test_every_request_has_a_total_deadline(store, make_server, mount_factory):
+def test_every_request_has_a_total_deadline(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     add(store, "data", {"a.bin": b"A" * 5000})
     server = make_server(store=store, faults=parse_faults("get-asset=delay:60"))
     mount = mount_factory(server, "--timeout", "2", expect_warnings=True)
@@ -74,7 +83,9 @@ def test_every_request_has_a_total_deadline(store, make_server, mount_factory):
     assert time.monotonic() - started < 8
 
 
-def test_sighup_unmounts_cleanly(store, make_server, mount_factory):
+def test_sighup_unmounts_cleanly(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     add(store, "data", {"a.txt": b"a"})
     server = make_server(store=store)
     mount = mount_factory(server)
@@ -87,7 +98,9 @@ def test_sighup_unmounts_cleanly(store, make_server, mount_factory):
 
 
 @pytest.mark.parametrize("option", ["rw", "ro,rw", "suid"])
-def test_options_contradicting_read_only_are_refused(server, tmp_path, api_key, option):
+def test_options_contradicting_read_only_are_refused(
+    server: CometServer, tmp_path: Path, api_key: str, option: str
+) -> None:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     env = {**os.environ, "COMET_API_KEY": api_key, "HOME": str(tmp_path)}

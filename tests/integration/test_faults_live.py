@@ -17,13 +17,15 @@ import os
 import random
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from cometfs.server import ArtifactStore, AssetSource, VersionSpec, parse_faults
+from cometfs.server import ArtifactStore, AssetSource, CometServer, VersionSpec, parse_faults
 from cometfs.testing import wait_for
 
+from .conftest import MountFactory
 from .test_deadlines_live import start_and_kill
 
 pytestmark = pytest.mark.fuse
@@ -81,7 +83,9 @@ def streamed_when_idle(mount_path: Path) -> int:
     return cache()["bytes_streamed"]
 
 
-def test_5xx_bursts_are_retried_and_bytes_are_right(store, make_server, mount_factory):
+def test_5xx_bursts_are_retried_and_bytes_are_right(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     files = {f"f{i}.bin": payload(3 * MIB + i, i) for i in range(3)}
     add(store, "data", files)
     server = make_server(
@@ -96,7 +100,12 @@ def test_5xx_bursts_are_retried_and_bytes_are_right(store, make_server, mount_fa
 
 
 @pytest.mark.parametrize("spec", ["429:1*2", "429:date*1"])
-def test_429_waits_for_retry_after_and_bytes_are_right(store, make_server, mount_factory, spec):
+def test_429_waits_for_retry_after_and_bytes_are_right(
+    store: ArtifactStore,
+    make_server: Callable[..., CometServer],
+    mount_factory: MountFactory,
+    spec: str,
+) -> None:
     data = payload(2 * MIB, 7)
     add(store, "data", {"a.bin": data})
     server = make_server(store=store)
@@ -120,7 +129,12 @@ def test_429_waits_for_retry_after_and_bytes_are_right(store, make_server, mount
 
 
 @pytest.mark.parametrize("kind", ["reset-mid", "short", "reset"])
-def test_broken_bodies_are_retried_and_bytes_are_right(store, make_server, mount_factory, kind):
+def test_broken_bodies_are_retried_and_bytes_are_right(
+    store: ArtifactStore,
+    make_server: Callable[..., CometServer],
+    mount_factory: MountFactory,
+    kind: str,
+) -> None:
     files = {"big.bin": payload(5 * MIB + 123, 1), "small.bin": payload(7000, 2)}
     add(store, "data", files)
     server = make_server(store=store, faults=parse_faults(f"get-asset={kind}*3"))
@@ -133,7 +147,12 @@ def test_broken_bodies_are_retried_and_bytes_are_right(store, make_server, mount
 
 
 @pytest.mark.parametrize("spec", ["get-asset=stall", "get-asset=trickle:2000"])
-def test_stall_and_trickle_fail_within_the_timeout(store, make_server, mount_factory, spec):
+def test_stall_and_trickle_fail_within_the_timeout(
+    store: ArtifactStore,
+    make_server: Callable[..., CometServer],
+    mount_factory: MountFactory,
+    spec: str,
+) -> None:
     data = payload(3 * MIB, 3)
     add(store, "data", {"slow.bin": data, "other.bin": b"x" * 5000})
     server = make_server(store=store)
@@ -155,7 +174,9 @@ def test_stall_and_trickle_fail_within_the_timeout(store, make_server, mount_fac
     wait_for(lambda: _reads_right(path, data), 10, "reads to recover once the fault is gone")
 
 
-def test_range_ignored_mid_read_still_gives_the_right_bytes(store, make_server, mount_factory):
+def test_range_ignored_mid_read_still_gives_the_right_bytes(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     data = payload(12 * MIB, 4)
     add(store, "data", {"a.bin": data})
     server = make_server(store=store)
@@ -169,7 +190,9 @@ def test_range_ignored_mid_read_still_gives_the_right_bytes(store, make_server, 
     assert sha(read_direct(path)) == sha(data)
 
 
-def test_bytes_changed_under_the_same_id_are_estale_never_mixed(store, make_server, mount_factory):
+def test_bytes_changed_under_the_same_id_are_estale_never_mixed(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     old = payload(6 * MIB, 5)
     new = payload(6 * MIB, 6)  # same length: the listing's size cannot tell them apart
     add(store, "data", {"a.bin": old, "b.bin": old[: 3 * MIB]})
@@ -188,7 +211,12 @@ def test_bytes_changed_under_the_same_id_are_estale_never_mixed(store, make_serv
     assert got in (sha(old[: 3 * MIB]), sha(new[: 3 * MIB]))
 
 
-def test_revoked_key_is_eacces_and_logged_once(store, make_server, mount_factory, api_key):
+def test_revoked_key_is_eacces_and_logged_once(
+    store: ArtifactStore,
+    make_server: Callable[..., CometServer],
+    mount_factory: MountFactory,
+    api_key: str,
+) -> None:
     files = {f"f{i}.bin": payload(4000 + i, i) for i in range(6)}
     add(store, "data", files)
     server = make_server(store=store)
@@ -203,7 +231,9 @@ def test_revoked_key_is_eacces_and_logged_once(store, make_server, mount_factory
     assert len(lines) == 1, lines
 
 
-def test_deleted_version_is_enoent_for_unread_files(store, make_server, mount_factory):
+def test_deleted_version_is_enoent_for_unread_files(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     files = {"read.bin": payload(5000, 1), "unread.bin": payload(6000, 2)}
     add(store, "data", files)
     add(store, "data", {"read.bin": b"v2"}, version="2.0.0")
@@ -226,7 +256,9 @@ def test_deleted_version_is_enoent_for_unread_files(store, make_server, mount_fa
     assert (mount.path / WS / "data" / "latest" / "read.bin").read_bytes() == b"v2"
 
 
-def test_not_finalized_version_is_a_clear_error(store, make_server, mount_factory):
+def test_not_finalized_version_is_a_clear_error(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     add(store, "data", {"a.bin": b"a" * 100})
     server = make_server(store=store, faults=parse_faults("artifacts/version/files=not-final"))
     mount = mount_factory(server, expect_warnings=True)
@@ -249,7 +281,9 @@ def _listdir(path: Path) -> list[str]:
         return []
 
 
-def test_server_killed_and_restarted_on_the_same_port(store, make_server, mount_factory):
+def test_server_killed_and_restarted_on_the_same_port(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     files = {f"f{i}.bin": payload(2 * MIB + i, i) for i in range(3)}
     add(store, "data", files)
     server = make_server(store=store)
@@ -282,8 +316,8 @@ def _reads_right(path: Path, data: bytes) -> bool:
 
 
 def test_random_reads_against_a_server_ignoring_range_fetch_a_bounded_amount(
-    store, make_server, mount_factory
-):
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     size = 48 * MIB
     data = payload(size, 9)
     add(store, "data", {"a.bin": data})
@@ -308,8 +342,8 @@ def test_random_reads_against_a_server_ignoring_range_fetch_a_bounded_amount(
 
 
 def test_a_reader_process_sees_every_fault_kind_and_no_wrong_byte(
-    store, make_server, mount_factory
-):
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     files = {f"f{i}.bin": payload(MIB + 4096 * i, 100 + i) for i in range(8)}
     add(store, "data", files)
     server = make_server(
@@ -332,8 +366,11 @@ def test_a_reader_process_sees_every_fault_kind_and_no_wrong_byte(
 
 @pytest.mark.parametrize("kind", ["reset-mid", "short"])
 def test_a_stream_broken_mid_body_is_restarted_for_its_readers(
-    store, make_server, mount_factory, kind
-):
+    store: ArtifactStore,
+    make_server: Callable[..., CometServer],
+    mount_factory: MountFactory,
+    kind: str,
+) -> None:
     data = payload(6 * MIB + 5, 12)
     add(store, "data", {"probe.bin": b"p" * 5000, "a.bin": data})
     server = make_server(store=store, ranges=False)

@@ -7,13 +7,14 @@ import errno
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cometfs.server import ArtifactStore, CometServer, VersionSpec
 
-from .conftest import Mount
+from .conftest import MountFactory
 
 pytestmark = pytest.mark.fuse
 
@@ -37,14 +38,16 @@ def hostile_links(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def hostile(tmp_path: Path, store: ArtifactStore, make_server: object) -> CometServer:
+def hostile(
+    tmp_path: Path, store: ArtifactStore, make_server: Callable[..., CometServer]
+) -> CometServer:
     (tmp_path / "canary.txt").write_bytes(CANARY)
     source = tmp_path / "src"
     (source / "train" / "cat").mkdir(parents=True)
     (source / "train" / "cat" / "1.jpg").write_bytes(b"a real image\n")
     spec = VersionSpec("team", "cats", version="1.0.0", remotes=hostile_links(tmp_path))
     store.add_directory(spec, source)
-    return make_server()  # type: ignore[operator, no-any-return]
+    return make_server()
 
 
 def walk_and_read(root: Path, mount: Path) -> tuple[list[str], list[OSError]]:
@@ -72,9 +75,9 @@ def walk_and_read(root: Path, mount: Path) -> tuple[list[str], list[OSError]]:
 
 
 def test_a_loader_walking_hostile_links_reads_nothing_outside(
-    hostile: CometServer, mount_factory: object, tmp_path: Path
+    hostile: CometServer, mount_factory: MountFactory, tmp_path: Path
 ) -> None:
-    mount: Mount = mount_factory(hostile, expect_warnings=True)  # type: ignore[operator]
+    mount = mount_factory(hostile, expect_warnings=True)
     mount_root = mount.path.resolve()
     for version in ("1.0.0", "latest"):
         root = mount.path / "team" / "cats" / version

@@ -8,12 +8,22 @@ import json
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from cometfs.server import ApiKey, ArtifactStore, AssetSource, VersionSpec, parse_faults
+from cometfs.server import (
+    ApiKey,
+    ArtifactStore,
+    AssetSource,
+    CometServer,
+    VersionSpec,
+    parse_faults,
+)
 from cometfs.testing import CLI, wait_for, wait_unmounted
+
+from .conftest import MountFactory
 
 pytestmark = pytest.mark.fuse
 
@@ -31,7 +41,9 @@ def add(store: ArtifactStore, name: str, files: dict[str, bytes], **kwargs: obje
     )
 
 
-def test_new_version_and_moved_alias_visible_within_ttl(store, make_server, mount_factory):
+def test_new_version_and_moved_alias_visible_within_ttl(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     add(store, "model", {"w.bin": b"one"}, version="1.0.0", aliases=["production"])
     server = make_server(store=store)
     mount = mount_factory(server, "--metadata-ttl", "1")
@@ -47,7 +59,9 @@ def test_new_version_and_moved_alias_visible_within_ttl(store, make_server, moun
     assert "2.0.0" in os.listdir(artifact)
 
 
-def test_transient_fault_is_retried_and_persistent_fault_is_eio(store, make_server, mount_factory):
+def test_transient_fault_is_retried_and_persistent_fault_is_eio(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     add(store, "data", {"a.bin": b"A" * 5000, "b.bin": b"B" * 7000}, version="1.0.0")
     server = make_server(store=store)
     mount = mount_factory(server, expect_warnings=True)
@@ -66,7 +80,9 @@ def test_transient_fault_is_retried_and_persistent_fault_is_eio(store, make_serv
     assert (version / "b.bin").read_bytes() == b"B" * 7000
 
 
-def test_truncated_body_never_serves_wrong_bytes(store, make_server, mount_factory):
+def test_truncated_body_never_serves_wrong_bytes(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     payload = bytes(range(256)) * 4000
     add(store, "data", {"c.bin": payload}, version="1.0.0")
     server = make_server(store=store, faults=parse_faults("get-asset=truncate*2"))
@@ -74,7 +90,9 @@ def test_truncated_body_never_serves_wrong_bytes(store, make_server, mount_facto
     assert (mount.path / WS / "data" / "1.0.0" / "c.bin").read_bytes() == payload
 
 
-def test_hostile_asset_paths_are_mapped_inside_the_version(store, make_server, mount_factory):
+def test_hostile_asset_paths_are_mapped_inside_the_version(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     hostile = {
         "../escape.txt": b"1",
         "/abs/path.txt": b"2",
@@ -116,7 +134,9 @@ def test_hostile_asset_paths_are_mapped_inside_the_version(store, make_server, m
     assert not (mount.path.parent / "escape.txt").exists()
 
 
-def test_key_sees_only_its_workspaces(store, make_server, mount_factory):
+def test_key_sees_only_its_workspaces(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     add(store, "mine", {"m.txt": b"m"}, version="1.0.0")
     store.add_version(
         VersionSpec("other-ws", "secret", [AssetSource("s.txt", data=b"s")], version="1.0.0")
@@ -128,7 +148,9 @@ def test_key_sees_only_its_workspaces(store, make_server, mount_factory):
     assert not (mount.path / "other-ws" / "secret" / "1.0.0").exists()
 
 
-def test_bad_key_or_server_fails_with_one_line(store, make_server, tmp_path, api_key):
+def test_bad_key_or_server_fails_with_one_line(
+    store: ArtifactStore, make_server: Callable[..., CometServer], tmp_path: Path, api_key: str
+) -> None:
     server = make_server(store=store)
     mountpoint = tmp_path / "m"
     mountpoint.mkdir()
@@ -157,7 +179,9 @@ def test_bad_key_or_server_fails_with_one_line(store, make_server, tmp_path, api
     assert result.stderr.strip().count("\n") == 0
 
 
-def test_sigterm_unmounts_cleanly(store, make_server, mount_factory):
+def test_sigterm_unmounts_cleanly(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     add(store, "data", {"a.txt": b"a"}, version="1.0.0")
     server = make_server(store=store)
     mount = mount_factory(server)
@@ -170,7 +194,9 @@ def test_sigterm_unmounts_cleanly(store, make_server, mount_factory):
     mount.mounted = False
 
 
-def test_unmount_clears_a_killed_mount(store, make_server, mount_factory):
+def test_unmount_clears_a_killed_mount(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     add(store, "data", {"a.txt": b"a"}, version="1.0.0")
     server = make_server(store=store)
     mount = mount_factory(server)
@@ -187,7 +213,9 @@ def test_unmount_clears_a_killed_mount(store, make_server, mount_factory):
     mount.mounted = False
 
 
-def test_foreground_mount_and_sigint(store, make_server, tmp_path, api_key):
+def test_foreground_mount_and_sigint(
+    store: ArtifactStore, make_server: Callable[..., CometServer], tmp_path: Path, api_key: str
+) -> None:
     add(store, "data", {"a.txt": b"fg"}, version="1.0.0")
     server = make_server(store=store)
     mountpoint = tmp_path / "fg"
@@ -222,7 +250,12 @@ def test_foreground_mount_and_sigint(store, make_server, tmp_path, api_key):
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
 
 
-def test_cli_store_add_then_mount(tmp_path, make_server, mount_factory, api_key):
+def test_cli_store_add_then_mount(
+    tmp_path: Path,
+    make_server: Callable[..., CometServer],
+    mount_factory: MountFactory,
+    api_key: str,
+) -> None:
     source = tmp_path / "src"
     (source / "sub").mkdir(parents=True)
     (source / "sub" / "x.txt").write_text("x")
@@ -272,7 +305,9 @@ def test_cli_store_add_then_mount(tmp_path, make_server, mount_factory, api_key)
     assert json.loads((artifact / "1.2.3" / ".comet" / "metadata.json").read_text()) == {"k": 1}
 
 
-def test_fuse_options_pass_through(store, make_server, mount_factory):
+def test_fuse_options_pass_through(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     add(store, "data", {"a.txt": b"a"}, version="1.0.0")
     server = make_server(store=store)
     mount = mount_factory(server, "-o", "allow_other")
@@ -284,7 +319,9 @@ def test_fuse_options_pass_through(store, make_server, mount_factory):
     assert "allow_other" in options.split(",") and "ro" in options.split(",")
 
 
-def test_changed_bytes_of_a_version_are_estale_not_served(store, make_server, mount_factory):
+def test_changed_bytes_of_a_version_are_estale_not_served(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     add(store, "data", {"a.bin": b"original-bytes"}, version="1.0.0")
     server = make_server(store=store)
     mount = mount_factory(server, expect_warnings=True)
@@ -301,7 +338,9 @@ def test_changed_bytes_of_a_version_are_estale_not_served(store, make_server, mo
     assert caught.value.errno == errno.ESTALE
 
 
-def test_names_the_cached_listing_did_not_show_resolve(store, make_server, mount_factory):
+def test_names_the_cached_listing_did_not_show_resolve(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     add(store, "model", {"w.bin": b"one"}, version="1.0.0")
     server = make_server(store=store)
     mount = mount_factory(server, "--metadata-ttl", "3600")

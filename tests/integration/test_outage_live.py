@@ -12,12 +12,14 @@ import errno
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from cometfs.server import ArtifactStore, AssetSource, FaultRule, VersionSpec
+from cometfs.server import ArtifactStore, AssetSource, CometServer, FaultRule, VersionSpec
 
+from .conftest import MountFactory
 from .test_faults_live import payload, read_direct, sha
 
 pytestmark = pytest.mark.fuse
@@ -45,7 +47,9 @@ def status(mount_path: Path) -> dict[str, int]:
     return metadata
 
 
-def test_cached_file_stays_readable_after_the_server_stops(store, make_server, mount_factory):
+def test_cached_file_stays_readable_after_the_server_stops(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     data = payload(3 << 20, 1)
     add(store, "model", {"w.bin": data, "sub/x.txt": b"x" * 100})
     server = make_server(store=store)
@@ -71,7 +75,9 @@ def test_cached_file_stays_readable_after_the_server_stops(store, make_server, m
     assert 0 < len(stale_lines) <= 6, stale_lines
 
 
-def test_cached_file_stays_readable_when_only_listings_fail(store, make_server, mount_factory):
+def test_cached_file_stays_readable_when_only_listings_fail(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     files = {"a.bin": payload(2 << 20, 2), "b.bin": payload(5000, 3)}
     add(store, "model", files)
     server = make_server(store=store)
@@ -90,7 +96,9 @@ def test_cached_file_stays_readable_when_only_listings_fail(store, make_server, 
     assert status(mount.path)["stale_served"] > 0
 
 
-def test_a_dead_server_is_not_asked_on_every_lookup(store, make_server, mount_factory):
+def test_a_dead_server_is_not_asked_on_every_lookup(
+    store: ArtifactStore, make_server: Callable[..., CometServer], mount_factory: MountFactory
+) -> None:
     data = payload(4096, 4)
     add(store, "model", {"w.bin": data})
     server = make_server(store=store)

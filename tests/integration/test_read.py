@@ -22,7 +22,7 @@ import pytest
 from cometfs.server import CometServer
 from cometfs.testing import wait_until
 
-from .conftest import Mount
+from .conftest import Mount, MountFactory
 from .data import ART, KEY, REMOTE, WS, Dataset, start_world
 
 pytestmark = pytest.mark.fuse
@@ -38,9 +38,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CometServe
 
 
 @pytest.fixture
-def mounted(world: tuple[CometServer, Dataset], mount_factory: object) -> Mount:
+def mounted(world: tuple[CometServer, Dataset], mount_factory: MountFactory) -> Mount:
     server, _ = world
-    return mount_factory(server, key=KEY)  # type: ignore[operator]
+    return mount_factory(server, key=KEY)
 
 
 def version_dir(mount: Mount, version: str = "1.0.0") -> Path:
@@ -51,7 +51,7 @@ def asset_requests(server: CometServer) -> list[dict]:
     return [r for r in server.request_log if r["endpoint"] in ("get-asset", "blob")]
 
 
-def test_listing_names_modes_and_sizes(world, mounted) -> None:
+def test_listing_names_modes_and_sizes(world: tuple[CometServer, Dataset], mounted: Mount) -> None:
     _, data = world
     root = version_dir(mounted)
     found = sorted(
@@ -74,7 +74,9 @@ def test_listing_names_modes_and_sizes(world, mounted) -> None:
     )
 
 
-def test_command_line_tools(world, mounted, tmp_path) -> None:
+def test_command_line_tools(
+    world: tuple[CometServer, Dataset], mounted: Mount, tmp_path: Path
+) -> None:
     _, data = world
     root = version_dir(mounted)
     ls = subprocess.run(["ls", "-lR", str(root)], capture_output=True, text=True, check=True)
@@ -137,7 +139,7 @@ def test_command_line_tools(world, mounted, tmp_path) -> None:
         assert extracted is not None and extracted.read() == data.v1["data/nested/deep/blob.bin"]
 
 
-def test_df_works_and_kernel_readahead_is_raised(mounted) -> None:
+def test_df_works_and_kernel_readahead_is_raised(mounted: Mount) -> None:
     result = subprocess.run(["df", str(mounted.path)], capture_output=True, text=True)
     assert result.returncode == 0 and "cometfs" in result.stdout
     if os.geteuid() != 0:
@@ -148,7 +150,9 @@ def test_df_works_and_kernel_readahead_is_raised(mounted) -> None:
     assert setting.read_text().strip() == "1024"
 
 
-def test_aliases_and_latest_read_the_right_version(world, mounted) -> None:
+def test_aliases_and_latest_read_the_right_version(
+    world: tuple[CometServer, Dataset], mounted: Mount
+) -> None:
     _, data = world
     artifact = mounted.path / WS / ART
     assert os.readlink(artifact / "latest") == "2.0.0"
@@ -157,7 +161,9 @@ def test_aliases_and_latest_read_the_right_version(world, mounted) -> None:
     assert (artifact / "staging" / "extra/new.txt").read_bytes() == data.v2["extra/new.txt"]
 
 
-def test_python_random_access_mmap_numpy_pandas(world, mounted) -> None:
+def test_python_random_access_mmap_numpy_pandas(
+    world: tuple[CometServer, Dataset], mounted: Mount
+) -> None:
     _, data = world
     root = version_dir(mounted)
     big = data.v1["big.bin"]
@@ -200,7 +206,7 @@ print(weights.shape, float(weights[99, 99]), float(weights.sum()))
     assert len(table) == 500 and table["score"].sum() == sum(i * 0.5 for i in range(500))
 
 
-def test_class_folder_scan(world, mounted) -> None:
+def test_class_folder_scan(world: tuple[CometServer, Dataset], mounted: Mount) -> None:
     """What torchvision's ImageFolder does: classes from folder names, then read each file."""
     _, data = world
     images = version_dir(mounted) / "images"
@@ -227,7 +233,9 @@ def test_class_folder_scan(world, mounted) -> None:
         assert content == data.v1[str(Path(path).relative_to(version_dir(mounted)))]
 
 
-def test_reread_served_from_memory_and_disk_cache(world, mount_factory) -> None:
+def test_reread_served_from_memory_and_disk_cache(
+    world: tuple[CometServer, Dataset], mount_factory: MountFactory
+) -> None:
     server, data = world
     mount = mount_factory(server, key=KEY)
     small = {k: v for k, v in data.v2.items() if k != "big.bin"}
@@ -261,7 +269,9 @@ def test_reread_served_from_memory_and_disk_cache(world, mount_factory) -> None:
     assert asset_requests(server) == [], "a new mount must reuse the disk cache"
 
 
-def test_middle_of_large_asset_fetches_little(world, mounted) -> None:
+def test_middle_of_large_asset_fetches_little(
+    world: tuple[CometServer, Dataset], mounted: Mount
+) -> None:
     server, data = world
     server.request_log.clear()
     middle = len(data.v1["big.bin"]) // 2
@@ -275,7 +285,7 @@ def test_middle_of_large_asset_fetches_little(world, mounted) -> None:
     assert 1 << 20 <= fetched <= 12 << 20, fetched
 
 
-def test_comet_json_files(world, mounted) -> None:
+def test_comet_json_files(world: tuple[CometServer, Dataset], mounted: Mount) -> None:
     _, data = world
     meta = version_dir(mounted) / ".comet"
     for path in meta.iterdir():
@@ -297,7 +307,9 @@ def test_comet_json_files(world, mounted) -> None:
     assert details["versions"][0]["aliases"] == ["production"]
 
 
-def test_direct_lookup_of_unlisted_names(world, mounted) -> None:
+def test_direct_lookup_of_unlisted_names(
+    world: tuple[CometServer, Dataset], mounted: Mount
+) -> None:
     artifact = mounted.path / WS / ART
     assert (artifact / "1.0.0").is_dir()
     assert not (artifact / "9.9.9").exists()
@@ -305,7 +317,9 @@ def test_direct_lookup_of_unlisted_names(world, mounted) -> None:
     assert not (artifact / "no-such-alias").exists()
 
 
-def test_writes_fail_with_erofs(world, mounted, tmp_path) -> None:
+def test_writes_fail_with_erofs(
+    world: tuple[CometServer, Dataset], mounted: Mount, tmp_path: Path
+) -> None:
     import errno
 
     server, _ = world
@@ -336,7 +350,9 @@ def test_writes_fail_with_erofs(world, mounted, tmp_path) -> None:
     assert (root / "readme.txt").read_bytes().startswith(b"hello from version one")
 
 
-def test_listing_and_stat_make_no_per_file_requests(world, mounted) -> None:
+def test_listing_and_stat_make_no_per_file_requests(
+    world: tuple[CometServer, Dataset], mounted: Mount
+) -> None:
     server, data = world
     server.request_log.clear()
     root = version_dir(mounted, "2.0.0")
@@ -350,7 +366,7 @@ def test_listing_and_stat_make_no_per_file_requests(world, mounted) -> None:
     assert len(endpoints) <= 6, endpoints  # a handful of listings, not one per file
 
 
-def test_mtimes_are_the_version_creation_time(mounted) -> None:
+def test_mtimes_are_the_version_creation_time(mounted: Mount) -> None:
     from datetime import datetime
 
     details = json.loads((mounted.path / WS / ART / ".comet" / "artifact.json").read_text())

@@ -135,7 +135,7 @@ def demo(checkout: Path, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]
                     os.kill(pid, signal.SIGTERM)
 
 
-def test_the_quick_start_works_verbatim_after_make_demo(demo) -> None:
+def test_the_quick_start_works_verbatim_after_make_demo(demo: tuple[Path, dict[str, str]]) -> None:
     checkout, env = demo
     start = subprocess.run(
         ["scripts/demo.sh", "start"],

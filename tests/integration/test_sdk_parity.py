@@ -7,12 +7,17 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from cometfs.server import CometServer
 
+from .conftest import MountFactory
 from .data import ART, KEY, REMOTE, WS, Dataset, start_world
+
+if TYPE_CHECKING:  # imported for real inside `sdk`, only where the SDK tests run
+    import comet_ml
 
 pytestmark = [pytest.mark.fuse, pytest.mark.sdk]
 
@@ -33,7 +38,9 @@ def world(
 
 
 @pytest.fixture
-def sdk(world, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+def sdk(
+    world: tuple[CometServer, Dataset], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> comet_ml.API:
     import comet_ml
 
     server, _ = world
@@ -46,7 +53,13 @@ def sdk(world, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore
 
 
 @pytest.mark.parametrize("version", ["1.0.0", "2.0.0"])
-def test_mount_equals_sdk_download(world, sdk, mount_factory, tmp_path, version) -> None:
+def test_mount_equals_sdk_download(
+    world: tuple[CometServer, Dataset],
+    sdk: comet_ml.API,
+    mount_factory: MountFactory,
+    tmp_path: Path,
+    version: str,
+) -> None:
     server, _ = world
     mount = mount_factory(server, key=KEY)
     target = tmp_path / "download"
@@ -72,13 +85,15 @@ def test_mount_equals_sdk_download(world, sdk, mount_factory, tmp_path, version)
 
 
 @pytest.mark.parametrize("version", ["1.0.0", "2.0.0"])
-def test_comet_files_equal_sdk_properties(world, sdk, mount_factory, version) -> None:
+def test_comet_files_equal_sdk_properties(
+    world: tuple[CometServer, Dataset], sdk: comet_ml.API, mount_factory: MountFactory, version: str
+) -> None:
     server, _ = world
     mount = mount_factory(server, key=KEY)
     art = sdk.get_artifact(WS, ART, version=version)
     meta = mount.path / WS / ART / version / ".comet"
 
-    def load(name: str):  # type: ignore[no-untyped-def]
+    def load(name: str) -> Any:
         return json.loads((meta / name).read_text())
 
     assert load("artifact.json") == {

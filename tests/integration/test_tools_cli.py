@@ -15,7 +15,7 @@ import cometfs
 from cometfs.server import CometServer
 from cometfs.testing import CLI, wait_for, wait_unmounted
 
-from .conftest import Mount
+from .conftest import Mount, MountFactory
 from .data import ART, KEY, WS, Dataset, start_world
 
 pytestmark = pytest.mark.fuse
@@ -50,7 +50,9 @@ def asset_requests(mount: Mount) -> int:
 # -- mount points -------------------------------------------------------------------------
 
 
-def test_mount_onto_a_missing_directory_says_it_does_not_exist(world, tmp_path) -> None:
+def test_mount_onto_a_missing_directory_says_it_does_not_exist(
+    world: tuple[CometServer, Dataset], tmp_path: Path
+) -> None:
     server, _ = world
     env = {**os.environ, "COMET_API_KEY": KEY}
     result = run("mount", str(tmp_path / "nope"), "--server-url", server.url, env=env)
@@ -58,7 +60,9 @@ def test_mount_onto_a_missing_directory_says_it_does_not_exist(world, tmp_path) 
     assert "does not exist" in result.stderr and "is not a directory" not in result.stderr
 
 
-def test_mount_refuses_a_non_empty_directory_unless_allowed(world, tmp_path) -> None:
+def test_mount_refuses_a_non_empty_directory_unless_allowed(
+    world: tuple[CometServer, Dataset], tmp_path: Path
+) -> None:
     server, _ = world
     target = tmp_path / "full"
     target.mkdir()
@@ -81,7 +85,7 @@ def test_mount_refuses_a_non_empty_directory_unless_allowed(world, tmp_path) -> 
 
 
 def test_dead_mount_suggests_unmount_and_unmount_clears_it(
-    world, mount_factory: Callable[..., Mount]
+    world: tuple[CometServer, Dataset], mount_factory: Callable[..., Mount]
 ) -> None:
     server, _ = world
     mount = mount_factory(server)
@@ -109,7 +113,7 @@ def _answers(path: Path) -> bool:
 
 
 def test_unmount_of_a_busy_mount_refuses_then_detaches_lazily(
-    world, mount_factory: Callable[..., Mount]
+    world: tuple[CometServer, Dataset], mount_factory: Callable[..., Mount]
 ) -> None:
     server, _ = world
     mount = mount_factory(server)
@@ -129,7 +133,9 @@ def test_unmount_of_a_busy_mount_refuses_then_detaches_lazily(
         holder.wait()
 
 
-def test_df_shows_the_cache_room_not_a_full_disk(world, mount_factory) -> None:
+def test_df_shows_the_cache_room_not_a_full_disk(
+    world: tuple[CometServer, Dataset], mount_factory: MountFactory
+) -> None:
     server, _ = world
     mount = mount_factory(server, "--cache-size", "1G")
     st = os.statvfs(mount.path)
@@ -144,7 +150,9 @@ def test_df_shows_the_cache_room_not_a_full_disk(world, mount_factory) -> None:
 # -- prefetch -------------------------------------------------------------------------------
 
 
-def test_prefetch_fills_the_cache_and_a_second_run_fetches_nothing(world, mount_factory) -> None:
+def test_prefetch_fills_the_cache_and_a_second_run_fetches_nothing(
+    world: tuple[CometServer, Dataset], mount_factory: MountFactory
+) -> None:
     server, _ = world
     mount = mount_factory(server)
     version = mount.path / WS / ART / "latest"
@@ -160,7 +168,9 @@ def test_prefetch_fills_the_cache_and_a_second_run_fetches_nothing(world, mount_
     assert asset_requests(mount) == first
 
 
-def test_prefetch_with_progress_reports_bytes(world, mount_factory) -> None:
+def test_prefetch_with_progress_reports_bytes(
+    world: tuple[CometServer, Dataset], mount_factory: MountFactory
+) -> None:
     server, _ = world
     mount = mount_factory(server)
     pattern = str(mount.path / WS / ART / "1.0.0" / "*")  # a glob we expand ourselves
@@ -170,7 +180,7 @@ def test_prefetch_with_progress_reports_bytes(world, mount_factory) -> None:
 
 
 def test_prefetch_refuses_paths_off_the_mount_and_names_failed_files(
-    world, mount_factory, tmp_path
+    world: tuple[CometServer, Dataset], mount_factory: MountFactory, tmp_path: Path
 ) -> None:
     server, _ = world
     result = run("prefetch", str(tmp_path))
@@ -204,7 +214,9 @@ class _failing_downloads:
 # -- status and cache ---------------------------------------------------------------------
 
 
-def test_status_lists_the_mount_with_pid_and_cache_dir(world, mount_factory) -> None:
+def test_status_lists_the_mount_with_pid_and_cache_dir(
+    world: tuple[CometServer, Dataset], mount_factory: MountFactory
+) -> None:
     server, _ = world
     mount = mount_factory(server)
     result = run("status", "--json")
@@ -220,7 +232,9 @@ def test_status_lists_the_mount_with_pid_and_cache_dir(world, mount_factory) -> 
     assert run("status", str(mount.path.parent)).returncode == 1
 
 
-def test_cache_info_and_clear_refuse_a_cache_in_use(world, mount_factory, tmp_path) -> None:
+def test_cache_info_and_clear_refuse_a_cache_in_use(
+    world: tuple[CometServer, Dataset], mount_factory: MountFactory, tmp_path: Path
+) -> None:
     server, _ = world
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     cache = tmp_path / "xdg" / "cometfs" / "0123456789abcdef"
@@ -241,7 +255,9 @@ def test_cache_info_and_clear_refuse_a_cache_in_use(world, mount_factory, tmp_pa
 # -- cometfs.mounted ------------------------------------------------------------------------
 
 
-def test_mounted_cleans_up_after_an_exception(world, tmp_path) -> None:
+def test_mounted_cleans_up_after_an_exception(
+    world: tuple[CometServer, Dataset], tmp_path: Path
+) -> None:
     server, _ = world
     target = tmp_path / "ctx"
     target.mkdir()
@@ -274,7 +290,7 @@ def _zombie(pid: int) -> bool:
         return False
 
 
-def test_mounted_reports_a_failed_mount(world, tmp_path) -> None:
+def test_mounted_reports_a_failed_mount(world: tuple[CometServer, Dataset], tmp_path: Path) -> None:
     server, _ = world
     target = tmp_path / "ctx"
     target.mkdir()
