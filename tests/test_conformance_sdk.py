@@ -83,7 +83,7 @@ def populated(store: ArtifactStore) -> ArtifactStore:
 
 @pytest.fixture
 def api(populated: ArtifactStore, sdk_env: CometServer) -> Any:
-    return comet_ml.API(cache=False)
+    return comet_ml.API(cache=False)  # type: ignore[no-untyped-call]  # comet_ml leaves API() unannotated
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -226,7 +226,7 @@ def test_bad_key(
     populated: ArtifactStore, sdk_env: CometServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COMET_API_KEY", "not-the-key")
-    api = comet_ml.API(cache=False)
+    api = comet_ml.API(cache=False)  # type: ignore[no-untyped-call]  # comet_ml leaves API() unannotated
     with pytest.raises(cx.Unauthorized):
         api.get_artifact_details(WS, NAME)
     with pytest.raises(cx.GetArtifactException) as info:
@@ -244,7 +244,7 @@ def test_scoped_key(
     srv = make_server(api_keys=[ApiKey("scoped-key", frozenset({WS}))])
     monkeypatch.setenv("COMET_API_KEY", "scoped-key")
     monkeypatch.setenv("COMET_URL_OVERRIDE", f"{srv.url}/clientlib/")
-    api = comet_ml.API(cache=False)
+    api = comet_ml.API(cache=False)  # type: ignore[no-untyped-call]  # comet_ml leaves API() unannotated
     assert api.get_workspaces() == [WS]
     assert str(api.get_artifact(WS, NAME).version) == "2.0.0"
     with pytest.raises(cx.ArtifactNotFound):
@@ -266,7 +266,7 @@ def test_enhanced_key_and_redirect_server(
     srv = make_server(redirect=True, ranges=False)
     monkeypatch.setenv("COMET_API_KEY", api_key + "*eyJiYXNlVXJsIjogImh0dHA6Ly94In0=")
     monkeypatch.setenv("COMET_URL_OVERRIDE", f"{srv.url}/clientlib/")
-    api = comet_ml.API(cache=False)
+    api = comet_ml.API(cache=False)  # type: ignore[no-untyped-call]  # comet_ml leaves API() unannotated
     api.get_artifact(WS, NAME).download(str(tmp_path / "out"))
     assert _tree(tmp_path / "out") == V2_FILES
     assert srv.request_log.count("blob") == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
@@ -14,6 +15,9 @@ from cometfs.server import ArtifactStore, AssetSource, CometServer, VersionSpec
 dd = pytest.importorskip("dask.dataframe")
 db = pytest.importorskip("dask.bag")
 distributed = pytest.importorskip("dask.distributed")
+
+if TYPE_CHECKING:  # the module itself is imported above only when dask is installed
+    from dask.distributed import Client
 
 WS = "ws"
 PARTS = 4
@@ -63,7 +67,7 @@ def world(store: ArtifactStore, server: CometServer) -> CometServer:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[distributed.Client]:
+def cluster() -> Iterator[Client]:
     with (
         distributed.LocalCluster(
             n_workers=2,
@@ -78,7 +82,7 @@ def cluster() -> Iterator[distributed.Client]:
 
 
 def test_read_parquet_and_bag_on_worker_processes(
-    world: CometServer, cluster: distributed.Client, api_key: str, tmp_path: Path
+    world: CometServer, cluster: Client, api_key: str, tmp_path: Path
 ) -> None:
     options = {
         "server_url": world.url,

@@ -14,10 +14,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import tomllib
 
 from cometfs.filesystem import CometFileSystem
 from cometfs.server import ArtifactStore, AssetSource, CometServer, VersionSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pytest itself depends on tomli before 3.11
+    import tomli as tomllib
 
 WS = "ws"
 ART = "table"

@@ -168,7 +168,7 @@ async def read_all(reader: AssetReader, key: AssetKey, chunk: int) -> bytes:
     return bytes(out)
 
 
-async def read_at(reader: AssetReader, key: AssetKey, offset: int, size: int) -> bytes:
+async def read_at(reader: AssetReader, key: AssetKey, offset: int, size: int) -> bytes | memoryview:
     return await reader.read(reader.open(key), offset, size)
 
 
@@ -206,7 +206,7 @@ def test_reads_return_exactly_the_source_bytes(
     key = source.add(AssetKey("v", "a", size), data)
 
     async def scenario(disk: DiskCache | None) -> None:
-        results: dict[int, bytes] = {}
+        results: dict[int, bytes | memoryview] = {}
         reader = AssetReader(
             source,
             disk,
@@ -407,7 +407,7 @@ def test_by_default_small_files_are_fetched_far_more_than_eight_at_once() -> Non
 def test_concurrent_readers_of_one_block_share_one_fetch() -> None:
     source = FakeSource()
     key = source.add(AssetKey("v", "shared", 4 * MIB))
-    results: list[tuple[int, bytes]] = []
+    results: list[tuple[int, bytes | memoryview]] = []
 
     async def reader_task(reader: AssetReader, offset: int) -> None:
         results.append((offset, await read_at(reader, key, offset, 1000)))
@@ -648,7 +648,7 @@ def test_disk_cache_usage_stays_within_capacity_through_the_reader(tmp_path: Pat
 
 
 class BrokenDisk(DiskCache):
-    def put(self, key: AssetKey, block_index: int, data: bytes) -> None:
+    def put(self, key: AssetKey, block_index: int, data: bytes | bytearray | memoryview) -> None:
         raise OSError(28, "No space left on device")
 
 
@@ -691,7 +691,7 @@ def test_stream_mode_answers_a_read_as_soon_as_the_stream_passes_it() -> None:
     key = source.add(AssetKey("v", "streamed", 16 * STREAM_BLOCK + 99))
     offset = 4 * STREAM_BLOCK + 1234
     answered = trio.Event()
-    results: list[bytes] = []
+    results: list[bytes | memoryview] = []
 
     async def reader_task(reader: AssetReader) -> None:
         results.append(await read_at(reader, key, offset, 1000))
@@ -729,7 +729,7 @@ def test_one_stream_per_asset_for_concurrent_readers() -> None:
     source = FakeSource(ignore_range=True)
     first = source.add(AssetKey("v", "s1", 20 * STREAM_BLOCK))
     second = source.add(AssetKey("v", "s2", 10 * STREAM_BLOCK + 5))
-    results: dict[tuple[str, int], bytes] = {}
+    results: dict[tuple[str, int], bytes | memoryview] = {}
 
     async def reader_task(reader: AssetReader, key: AssetKey, offset: int) -> None:
         results[(key.asset_id, offset)] = await read_at(reader, key, offset, 3000)
@@ -759,7 +759,7 @@ def test_stream_failure_midway_reaches_waiters_and_keeps_landed_blocks() -> None
     key = source.add(AssetKey("v", "broken", 10 * STREAM_BLOCK))
     error = TransientError("connection reset")
     source.stream_error = (3 * STREAM_BLOCK + 25_000, error)
-    outcomes: dict[int, bytes | BaseException] = {}
+    outcomes: dict[int, bytes | memoryview | BaseException] = {}
 
     async def reader_task(reader: AssetReader, offset: int) -> None:
         try:
@@ -903,7 +903,7 @@ class SlowDisk(DiskCache):
         super().__init__(*args, **kwargs)
         self.gate = threading.Event()
 
-    def put(self, key: AssetKey, block_index: int, data: bytes) -> None:
+    def put(self, key: AssetKey, block_index: int, data: bytes | bytearray | memoryview) -> None:
         assert self.gate.wait(20)
         super().put(key, block_index, data)
 

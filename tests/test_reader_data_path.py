@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import cometfs.reader.reader as reader_module
 from cometfs.errors import NotFound, RangeNotSupported, TransientError
 from cometfs.reader import AssetKey, AssetReader, DiskCache
+from cometfs.reader.pieces import disk_put_batch
 from cometfs.store import Store
 from test_reader import KIB, MIB, FakeSource, pattern, run
 
@@ -314,13 +315,12 @@ def test_disk_writes_of_many_small_files_share_worker_thread_hops(
     files = _small_files(source, 20)
     release = threading.Event()
     batches: list[int] = []
-    real_batch = reader_module.disk_put_batch
 
     def slow_first_batch(disk: DiskCache, batch: list[Any]) -> list[OSError]:
         batches.append(len(batch))
         if len(batches) == 1:
             release.wait(10)  # the disk lags: later fetches queue up behind this write
-        return real_batch(disk, batch)
+        return disk_put_batch(disk, batch)
 
     monkeypatch.setattr(reader_module, "disk_put_batch", slow_first_batch)
     disk = DiskCache(tmp_path, 64 * MIB)
@@ -344,7 +344,8 @@ class ShieldedSource(FakeSource):
 
     async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes:
         with trio.CancelScope(shield=True):
-            return await super().fetch_range(key, start, end)
+            data = await super().fetch_range(key, start, end)
+        return data
 
 
 def test_a_fetch_landing_while_the_reader_leaves_is_dropped_quietly(

@@ -110,8 +110,8 @@ def test_the_tree_matches_the_reference_model(listing: list[tuple[str, list[Asse
         }
         assert shown == set(expected)
         summary = json.loads(
-            await tree.content(await walk_path(tree, f"{WS}/art/.comet/artifact.json"))
-        )  # type: ignore[arg-type]
+            await tree.content(await walk_path(tree, f"{WS}/art/.comet/artifact.json"))  # type: ignore[arg-type]
+        )
         assert len(summary["versions"]) + len(summary["skipped"]) == len(listing)
         for number, listed in expected.items():
             await check_version(number, listed)

@@ -12,8 +12,9 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,7 @@ def version_dir(mount: Mount, version: str = "1.0.0") -> Path:
     return mount.path / WS / ART / version
 
 
-def asset_requests(server: CometServer) -> list[dict]:
+def asset_requests(server: CometServer) -> list[dict[str, Any]]:
     return [r for r in server.request_log if r["endpoint"] in ("get-asset", "blob")]
 
 
@@ -325,7 +326,7 @@ def test_writes_fail_with_erofs(
     server, _ = world
     server.request_log.clear()
     root = version_dir(mounted)
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: open(root / "readme.txt", "w"),
         lambda: open(root / "readme.txt", "a"),
         lambda: open(root / "new.txt", "x"),

@@ -49,7 +49,7 @@ def sdk(
     monkeypatch.setenv("COMET_ERROR_TRACKING_ENABLE", "false")
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    return comet_ml.API(cache=False)
+    return comet_ml.API(cache=False)  # type: ignore[no-untyped-call]  # comet_ml leaves API() unannotated
 
 
 @pytest.mark.parametrize("version", ["1.0.0", "2.0.0"])

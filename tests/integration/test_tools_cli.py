@@ -8,6 +8,7 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,8 +39,9 @@ def run(
     )
 
 
-def status_json(mount: Mount) -> dict:
-    return json.loads((mount.path / ".comet" / "status.json").read_text())
+def status_json(mount: Mount) -> dict[str, Any]:
+    status: dict[str, Any] = json.loads((mount.path / ".comet" / "status.json").read_text())
+    return status
 
 
 def asset_requests(mount: Mount) -> int:
@@ -204,7 +206,7 @@ class _failing_downloads:
     def __enter__(self) -> None:
         from cometfs.server import parse_faults
 
-        self.saved = getattr(self.server, "faults", None)
+        self.saved = self.server.faults
         self.server.faults = parse_faults("get-asset=500")
 
     def __exit__(self, *exc: object) -> None:
