@@ -85,6 +85,9 @@ from cometfs.testing import write_random_file
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
 DOCS = ROOT / "docs" / "benchmarks.md"
+# Everything from this line on in docs/benchmarks.md is written by people (profiles, what
+# bounds a missed goal) and kept when a run rewrites the tables above it.
+ANALYSIS_MARKER = "<!-- analysis: kept across runs -->"
 WS = "bench"
 VERSION = "1.0.0"
 MiB = 1 << 20
@@ -1185,6 +1188,16 @@ def check_tools(smoke: bool) -> None:
         )
 
 
+def kept_analysis(docs: Path) -> str:
+    """The hand-written part of the report, from ANALYSIS_MARKER on, or nothing."""
+    try:
+        old = docs.read_text()
+    except FileNotFoundError:
+        return ""
+    at = old.find(ANALYSIS_MARKER)
+    return "" if at < 0 else "\n" + old[at:]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_tools(args.smoke)
@@ -1249,7 +1262,7 @@ def main(argv: list[str] | None = None) -> int:
         text = markdown(results, meta)
         if not args.smoke:
             args.docs.parent.mkdir(parents=True, exist_ok=True)
-            args.docs.write_text(text)
+            args.docs.write_text(text + kept_analysis(args.docs))
         print(text)
         log(f"wrote {args.output}" + ("" if args.smoke else f" and {args.docs}"))
     except KeyboardInterrupt:
