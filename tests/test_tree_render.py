@@ -41,6 +41,8 @@ def version(number: str, *, created_ms: int | None = None) -> ArtifactVersion:
         "exp",
         {"k": 1},
         created_ms=created_ms,
+        state="CLOSED",
+        owner="alice",
     )
 
 
@@ -78,6 +80,10 @@ def test_artifact_documents_sort_and_skip() -> None:
     assert summary["versions"][1]["created_at"] == "1970-01-01T00:00:01.500Z"
     assert summary["skipped"] == [{"version": "nope", "reason": "not a semver version"}]
     assert artifacts_listing([artifact])[0]["artifact_tags"] == ["a", "b"]
+    # What the listings say is shown, not only parsed: visibility, state and owner.
+    assert artifacts_listing([artifact])[0]["is_public"] is False
+    assert summary["is_public"] is False
+    assert (summary["versions"][0]["state"], summary["versions"][0]["owner"]) == ("CLOSED", "alice")
     assert tags_doc(version("1.0.0")) == {"artifact_tags": ["t1", "t2"], "version_tags": ["v"]}
     assert json.loads(render_json(summary)) == summary
 

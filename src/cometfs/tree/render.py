@@ -71,6 +71,7 @@ def artifacts_listing(artifacts: Iterable[Artifact]) -> list[dict[str, Any]]:
             "artifact_tags": sorted(a.tags),
             "description": a.description,
             "size": a.size,
+            "is_public": a.is_public,
         }
         for a in sorted(artifacts, key=lambda a: a.name)
     ]
@@ -87,6 +88,7 @@ def artifact_summary(artifact: Artifact) -> dict[str, Any]:
         "artifact_tags": sorted(artifact.tags),
         "latest_version": artifact.latest_version,
         "size": artifact.size,
+        "is_public": artifact.is_public,
         "versions": [
             {
                 "version": v.version,
@@ -94,6 +96,8 @@ def artifact_summary(artifact: Artifact) -> dict[str, Any]:
                 "version_tags": sorted(v.version_tags),
                 "size": v.size,
                 "created_at": iso(v.created_ms),
+                "state": v.state,
+                "owner": v.owner,
             }
             for v in versions
         ],
