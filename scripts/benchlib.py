@@ -32,6 +32,7 @@ from typing import Any
 
 import requests
 
+from cometfs.processes import pid_exists
 from cometfs.testing import CLI, log_problems, mount_pid, unmount, wait_until
 
 PYTHON = sys.executable
@@ -86,12 +87,8 @@ def proc_cpu_seconds(pid: int) -> float:
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_exists(pid):
         return False
-    except PermissionError:
-        return True
     # A zombie child of ours still answers kill(0); reap it if it is one.
     with contextlib.suppress(ChildProcessError):
         done, _ = os.waitpid(pid, os.WNOHANG)

@@ -310,23 +310,14 @@ class Http:
         if declared is not None and declared != size:
             raise Retryable(ProtocolError(f"{what}: Content-Length is {declared}, expected {size}"))
         buffer = allocate(size)
-        view = memoryview(buffer)
-        got = 0
-        try:
-            while got < size:
-                n = self.read_some(response, view[got:], what, deadline)
-                if n == 0:
-                    break
-                got += n
-            # Without a Content-Length nothing else says where the body ends.
-            if (
-                got == size
-                and declared is None
-                and self.read_some(response, bytearray(1), what, deadline)
-            ):
-                raise Retryable(ProtocolError(f"{what}: body longer than {size} bytes"))
-        finally:
-            self.count("bytes_received", got)
+        got = self.fill(response, memoryview(buffer), what, deadline)
+        # Without a Content-Length nothing else says where the body ends.
+        if (
+            got == size
+            and declared is None
+            and self.read_some(response, bytearray(1), what, deadline)
+        ):
+            raise Retryable(ProtocolError(f"{what}: body longer than {size} bytes"))
         if got != size:
             raise Retryable(ProtocolError(f"{what}: body cut short at {got} of {size} bytes"))
         return buffer
@@ -352,17 +343,10 @@ class Http:
             deadline = self.deadline(timeout)
             buffer = bytearray(chunk_size)
             view = memoryview(buffer)
-            filled = 0
             try:
-                while filled < chunk_size:
-                    n = self.read_some(response, view[filled:], what, deadline)
-                    if n == 0:
-                        break
-                    filled += n
+                filled = self.fill(response, view, what, deadline)
             except Retryable as exc:
                 raise exc.error from None
-            finally:
-                self.count("bytes_received", filled)
             got += filled
             if size is not None and got > size:
                 raise ProtocolError(f"{what}: body longer than {size} bytes")
@@ -375,6 +359,19 @@ class Http:
                 break
         if size is not None and got != size:
             raise ProtocolError(f"{what}: body cut short at {got} of {size} bytes")
+
+    def fill(self, response: Response, view: memoryview, what: str, deadline: Deadline) -> int:
+        """Read into `view` until it is full or the body ends; count what arrived."""
+        filled = 0
+        try:
+            while filled < len(view):
+                n = self.read_some(response, view[filled:], what, deadline)
+                if n == 0:
+                    break
+                filled += n
+        finally:
+            self.count("bytes_received", filled)
+        return filled
 
     def read_some(
         self, response: Response, view: memoryview | bytearray, what: str, deadline: Deadline

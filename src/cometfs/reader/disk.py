@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cometfs.model import AssetKey
+from cometfs.processes import pid_exists
 from cometfs.reader.cachedir import Ledger, open_private_dir, owned_by_us
 
 try:  # ISA-L's CRC-32 has zlib's values at ~4x the speed; zlib is the fallback.
@@ -434,15 +435,7 @@ def _write_all(fd: int, buffers: list[memoryview | bytes]) -> None:
 
 
 def _is_stale_tmp(pid: int, mtime: float, now: float) -> bool:
-    if now - mtime > _STALE_TMP_SECONDS:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        return False
-    return False
+    return now - mtime > _STALE_TMP_SECONDS or not pid_exists(pid)
 
 
 def _scandir(path: Path) -> Iterator[os.DirEntry[str]]:

@@ -63,6 +63,7 @@ from urllib.parse import quote
 import semantic_version
 
 from cometfs.errors import StoreError
+from cometfs.processes import pid_exists
 
 logger = logging.getLogger(__name__)
 
@@ -371,7 +372,7 @@ class ArtifactStore:
             except FileNotFoundError:
                 continue  # its writer just renamed or removed it
             pid_text = entry.name.partition(".")[0]
-            dead = pid_text.isdigit() and not _pid_alive(int(pid_text))
+            dead = pid_text.isdigit() and not pid_exists(int(pid_text))
             if dead or age > STALE_TMP_SECONDS:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
@@ -926,16 +927,3 @@ class ArtifactStore:
             tags=tuple(art["tags"]),
             versions=tuple(versions),
         )
-
-
-def _pid_alive(pid: int) -> bool:
-    """False only when no process has that pid (a live one we may not signal counts)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
