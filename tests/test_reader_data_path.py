@@ -239,6 +239,35 @@ def test_a_directory_walk_prefetches_the_next_small_files() -> None:
     assert elapsed[0] < 0.6, elapsed
 
 
+def test_a_walk_over_medium_files_fetches_each_whole_and_ahead_of_its_open() -> None:
+    """`cp -r` of a version of 2.5 MiB files: each file is one request, sent before it is
+    opened; a big file only has its head prefetched, and the per-handle readahead takes
+    over once it is read."""
+    source = SlowSource(0.025)
+    files = [source.add(AssetKey("v", f"m{n:02}", 5 * MIB // 2 + n)) for n in range(12)]
+    big = source.add(AssetKey("v", "zz-big", 64 * MIB))
+    walk = [*files, big]
+    elapsed: list[float] = []
+
+    async def scenario() -> None:
+        async with AssetReader(source, None) as reader:
+            start = trio.current_time()
+            for n, key in enumerate(files):
+                await _cat(reader, key, walk[n + 1 :])
+            elapsed.append(trio.current_time() - start)
+            await reader.wait_idle()
+
+    run(scenario)
+    # The walk is recognised at the fifth open; from then on every file is one whole fetch.
+    walked = {call[0].asset_id: call for call in source.range_calls if call[0] in files[5:]}
+    assert len(walked) == len([call for call in source.range_calls if call[0] in files[5:]])
+    assert walked == {key.asset_id: (key, 0, key.size) for key in files[5:]}
+    # Of the big file only the first 4 MiB were fetched ahead, and only once.
+    assert [call for call in source.range_calls if call[0] == big] == [(big, 0, 4 * MIB)]
+    # Serially: 12 files x 3 blocks x 25 ms = 0.9 s.
+    assert elapsed[0] < 0.6, elapsed
+
+
 def _eight_stretch_workers(tell_following: bool) -> float:
     """A DataLoader without shuffling: worker w reads files w*40 .. w*40+39 in order, all at
     once, with enough parallel fetches that latency, not the fetch limit, bounds the walk."""

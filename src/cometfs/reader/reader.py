@@ -26,9 +26,11 @@ How a read is served:
   hands every load to its StreamLoader (reader/streaming.py): each asset is streamed whole,
   cut into blocks that land in the caches and wake their waiters as they arrive.
 * Cross-file readahead: `open(key, following=...)` learns the assets after this one in its
-  directory. When opens walk a directory in that order, the next small assets are loaded
-  whole before they are opened (bounded in files and bytes), so a walk over many small files
-  pipelines its requests; opens in any other order prefetch nothing.
+  directory. When opens walk a directory in that order, the next assets are loaded before
+  they are opened, each in one fetch: whole up to a few MiB, the head of a larger one
+  (bounded in files, bytes in flight and bytes ahead), so a walk over many files pipelines
+  its requests, as `cp -r` or a DataLoader without shuffling would want; opens in any other
+  order prefetch nothing.
 
 Background work (loads, streams, disk writes) runs in a nursery the reader owns while it is
 entered as an async context manager:
@@ -86,7 +88,9 @@ _WALK_NEAR = 4
 _WALK_TRAILS = 8
 _WALK_STREAK = 4
 _WALK_FILES = 16
-_WALK_BYTES = 8 << 20
+_WALK_BYTES = 8 << 20  # in flight at once
+_WALK_AHEAD = 16 << 20  # ahead of the latest open, loaded or in flight
+_WALK_HEAD = 4 << 20  # of each asset: small and medium ones whole, the head of a big one
 
 _COUNTERS = (
     "hits_memory",
@@ -382,23 +386,32 @@ class AssetReader:
             self._prefetch_files(following)
 
     def _prefetch_files(self, following: Sequence[AssetKey]) -> None:
-        """Load the next small assets of a directory walk whole, within the walk's bounds."""
+        """Load the next assets of a directory walk (their first _WALK_HEAD bytes), within
+        the walk's bounds."""
         if self._ranges_unsupported:
             return
+        ahead = 0
         for key in following[:_WALK_FILES]:
-            if self._walk_files >= _WALK_FILES:
+            nbytes = min(key.size, _WALK_HEAD)
+            ahead += nbytes
+            if self._walk_files >= _WALK_FILES or ahead > _WALK_AHEAD:
                 return
-            if not 0 < key.size <= self.block_size:
-                continue  # large assets get the per-handle readahead once opened
-            piece = (key, 0, WHOLE)
-            if piece in self._memory or piece in self._slots:
+            pieces = [
+                piece
+                for piece in (
+                    (key, index, WHOLE) for index in blocks_covering(0, nbytes, self.block_size)
+                )
+                if piece not in self._memory and piece not in self._slots
+            ]
+            if not pieces:
                 continue
-            if self._walk_bytes + key.size > _WALK_BYTES or key.size > self._memory.room():
+            load = sum(block_length(piece[1], self.block_size, key.size) for piece in pieces)
+            if self._walk_bytes + load > _WALK_BYTES or load > self._memory.room():
                 return
             self._walk_files += 1
-            self._walk_bytes += key.size
+            self._walk_bytes += load
             self._counts["files_prefetched"] += 1
-            self._start_load(key, [piece], on_done=partial(self._walk_done, key.size))
+            self._start_load(key, pieces, on_done=partial(self._walk_done, load))
 
     def _walk_done(self, nbytes: int) -> None:
         self._walk_files -= 1
