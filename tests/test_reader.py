@@ -294,11 +294,16 @@ def test_sequential_read_grows_the_window_and_fetches_each_byte_once() -> None:
             await reader.wait_idle()
 
     run(scenario)
-    ranges = sorted((start, end) for _, start, end in source.range_calls)
-    # Disjoint and covering the asset exactly: nothing fetched twice, nothing skipped.
+    # The first read's own chunks are also fetched on their own, ahead of its block.
+    head = (key, 0, 128 * KIB)
+    assert source.range_calls.count(head) == 1
+    ranges = sorted(
+        (start, end) for call in source.range_calls if call != head for _, start, end in [call]
+    )
+    # Disjoint and covering the asset exactly: nothing else fetched twice, nothing skipped.
     assert [start for start, _ in ranges] == [0] + [end for _, end in ranges[:-1]]
     assert ranges[-1][1] == key.size
-    assert source.bytes_requested == key.size
+    assert source.bytes_requested == key.size + 128 * KIB
     # The window grows with the run: small fetches first, then half the 32 MiB window each.
     sizes = [end - start for start, end in ranges]
     assert len(sizes) <= 12, sizes
@@ -353,20 +358,21 @@ def test_parallel_fetches_are_bounded() -> None:
     run(scenario)
 
 
-def test_a_first_read_does_not_wait_for_the_readahead_behind_it() -> None:
-    # Time to first byte: the read's own block is fetched on its own, not in one run with
-    # the window the read starts, so a slow readahead fetch does not hold the answer back.
-    class SlowAhead(FakeSource):
+def test_a_first_read_waits_only_for_its_own_chunk() -> None:
+    # Time to first byte: the read's own 32 KiB chunk is fetched on its own and first, so
+    # neither its 1 MiB block nor the window the read starts holds the answer back; the
+    # block and the readahead still come, right behind it.
+    class SlowBlocks(FakeSource):
         def __init__(self) -> None:
             super().__init__()
-            self.ahead_gate = trio.Event()
+            self.gate = trio.Event()
 
         async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes:
-            if start > 0:
-                await self.ahead_gate.wait()
+            if end - start > 32 * KIB:
+                await self.gate.wait()
             return await super().fetch_range(key, start, end)
 
-    source = SlowAhead()
+    source = SlowBlocks()
     key = source.add(AssetKey("v", "ttfb", 8 * MIB))
 
     async def scenario() -> None:
@@ -374,13 +380,35 @@ def test_a_first_read_does_not_wait_for_the_readahead_behind_it() -> None:
             handle = reader.open(key)
             with trio.fail_after(5):
                 assert await reader.read(handle, 0, 4 * KIB) == pattern(0, 4 * KIB)
-            assert [(s, e) for _, s, e in source.range_calls] == [(0, MIB)]
-            source.ahead_gate.set()
+            assert [(s, e) for _, s, e in source.range_calls] == [(0, 32 * KIB)]
+            source.gate.set()
             await reader.wait_idle()
-        # The readahead still came, right behind the first block.
-        assert sorted(s for _, s, _ in source.range_calls)[:2] == [0, MIB]
+        assert sorted((s, e) for _, s, e in source.range_calls)[:3] == [
+            (0, 32 * KIB),
+            (0, MIB),
+            (MIB, 2 * MIB),
+        ]
 
     run(scenario)
+
+
+def test_later_handles_and_cached_blocks_fetch_no_head() -> None:
+    source = FakeSource()
+    key = source.add(AssetKey("v", "once", 8 * MIB))
+
+    async def scenario() -> None:
+        async with AssetReader(source, None) as reader:
+            handle = reader.open(key)
+            await reader.read(handle, 0, 4 * KIB)
+            await reader.read(handle, 4 * KIB, 4 * KIB)  # same handle, no longer fresh
+            await reader.wait_idle()
+            await reader.read(reader.open(key), 0, 4 * KIB)  # block 0 is in memory
+            await reader.wait_idle()
+
+    run(scenario)
+    assert [call for call in source.range_calls if call[2] - call[1] <= 32 * KIB] == [
+        (key, 0, 32 * KIB)
+    ]
 
 
 def test_by_default_small_files_are_fetched_far_more_than_eight_at_once() -> None:

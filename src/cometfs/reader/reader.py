@@ -114,13 +114,15 @@ _DiskWrite = tuple[AssetKey, dict[int, memoryview], dict[Piece, Slot], memoryvie
 
 
 class ReadHandle:
-    """State of one open file: which asset, and its sequential-read detection."""
+    """State of one open file: which asset, its sequential-read detection, and whether it
+    has been read yet."""
 
-    __slots__ = ("key", "readahead")
+    __slots__ = ("fresh", "key", "readahead")
 
     def __init__(self, key: AssetKey, readahead: Readahead) -> None:
         self.key = key
         self.readahead = readahead
+        self.fresh = True
 
     def __repr__(self) -> str:
         return f"ReadHandle({self.key!r}, window={self.readahead.window})"
@@ -256,9 +258,20 @@ class AssetReader:
             self._counts["memory_waits"] += 1
             await self._memory.wait_freed()
         prefetch = self._prefetch_candidates(key, ahead_start, ahead_stop, pieces, need)
+        head = self._head_first(handle, offset, end, missing)
+        handle.fresh = False
+        if head:
+            # Its block and the readahead are asked for once the head is back, so they do
+            # not compete with it for the server (and the server's disk).
+            slots = self._start_load(key, head)
+            found = {piece: await slot.wait() for piece, slot in slots.items()}
+            for later in (missing, prefetch):
+                pending = [p for p in later if p not in self._memory and p not in self._slots]
+                if pending:
+                    self._start_load(key, pending)
+            return self._assemble(head, found, offset, end)
         # Separate loads, so the bytes this read waits for are never fetched in one run
-        # with readahead it does not need yet: a first read (time to first byte) waits for
-        # its block, not for the block and the window behind it.
+        # with readahead it does not need yet.
         if missing:
             slots = self._start_load(key, missing)
             waits.update((piece, slots[piece]) for piece in missing)
@@ -309,6 +322,44 @@ class AssetReader:
             last = (min(high, block_end) - block_start - 1) // self._span
             pieces.extend((key, index, chunk) for chunk in range(first, last + 1))
         return pieces
+
+    def _head_first(
+        self, handle: ReadHandle, offset: int, end: int, missing: list[Piece]
+    ) -> list[Piece]:
+        """The chunks that answer a fresh handle's first read before its block arrives.
+
+        Time to first byte: the first read of a multi-block asset would wait for a whole
+        block (1 MiB, read from the server's disk) and compete with the readahead it
+        starts. Its own chunks are fetched first, alone; the block still comes whole right
+        behind them, for the readahead and the disk cache (so one read's chunks are fetched
+        twice, once per open of an uncached asset).
+        """
+        key = handle.key
+        if (
+            not handle.fresh
+            or len(missing) != 1
+            or missing[0][2] != WHOLE
+            or key.size <= self.block_size
+            or self._span >= self.block_size
+            or self._ranges_unsupported
+        ):
+            return []
+        index = missing[0][1]
+        if self._disk is not None and self._disk.holds(key, index):
+            return []
+        block_start, block_end = block_bounds(index, self.block_size, key.size)
+        if offset < block_start or end > block_end:
+            return []  # the read needs other pieces too
+        low, high = aligned_span(offset, end, self._span, key.size)
+        chunks = range(
+            (low - block_start) // self._span, (high - block_start - 1) // self._span + 1
+        )
+        if high - low >= (block_end - block_start) // 2:
+            return []  # most of the block: waiting for it costs little more
+        head = [(key, index, chunk) for chunk in chunks]
+        if any(piece in self._memory or piece in self._slots for piece in head):
+            return []
+        return head
 
     def _bounds(self, piece: Piece) -> tuple[int, int]:
         """Byte range [start, end) of a piece within its asset."""
