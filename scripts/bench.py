@@ -55,6 +55,7 @@ from urllib.parse import urlencode
 
 import requests
 
+from bench_ceiling import CeilingMount, small_files
 from bench_peers import (
     DelayProxy,
     Nginx,
@@ -93,6 +94,7 @@ VERSION = "1.0.0"
 MiB = 1 << 20
 GiB = 1 << 30
 LATENCY = 0.025
+SMALL_SEED = 6
 PHASE_TIMEOUT = 600.0
 
 
@@ -191,23 +193,13 @@ class Bench:
         store = ArtifactStore(self.work / "store")
         src = self.work / "src"
         src.mkdir()
-        rng = random.Random(6)
         sz = self.sz
 
         def add(name: str, sources: list[AssetSource]) -> None:
             store.add_version(VersionSpec(WS, name, sources, version=VERSION))
 
-        per_dir = 100
-        add(
-            "small",
-            [
-                AssetSource(
-                    f"d{i // per_dir:02d}/f{i:04d}.bin",
-                    data=rng.randbytes(rng.randint(4 << 10, 64 << 10)),
-                )
-                for i in range(sz.small_files)
-            ],
-        )
+        small = small_files(sz.small_files, SMALL_SEED)
+        add("small", [AssetSource(path, data=data) for path, data in small.items()])
         path = src / "big.bin"
         write_random_file(path, sz.big_mib * MiB, repeat=False)
         add("big", [AssetSource("big.bin", path=path)])
@@ -472,7 +464,27 @@ class Bench:
                 with self.rclone() as r:
                     return n / self.cp_r(r.path / "small")
 
-            contenders |= {"rclone 8": rclone8, "rclone cat": rclone_cat, "rclone cp": rclone_cp}
+            def ceiling8() -> float:
+                n = self._next()
+                c = CeilingMount(
+                    self.work / f"ceiling{n}",
+                    len(files),
+                    SMALL_SEED,
+                    self.work / f"ceiling{n}.log",
+                    self.cleanup,
+                ).start()
+                try:
+                    drop_page_cache()
+                    return len(files) / self.read_parallel(c.path, files, 8)
+                finally:
+                    c.stop()
+
+            contenders |= {
+                "rclone 8": rclone8,
+                "rclone cat": rclone_cat,
+                "rclone cp": rclone_cp,
+                "ceiling 8": ceiling8,
+            }
         s = self.interleave(contenders)
         med = {k: median(v) for k, v in s.items()}
         what = f"{n} small files ({total / MiB:.0f} MiB, 4–64 KiB) cold"
@@ -513,6 +525,21 @@ class Bench:
             )
         )
         if self.peers:
+            self.add(
+                Result(
+                    "small8_ceiling",
+                    f"{what}, 8 reader threads: a minimal pyfuse3 file system serving "
+                    "them from memory (the ceiling of a Python FUSE file system here)",
+                    med["ceiling 8"],
+                    "files/s",
+                    "rclone mount (default)",
+                    med["rclone 8"],
+                    goal_on="",
+                    notes="scripts/bench_ceiling.py: lookup, open, read, release from a dict; "
+                    f"no network, no cache; spread {spread(s['ceiling 8'], 'files/s')}",
+                    samples=self._samples(s, "ceiling 8", "rclone 8"),
+                )
+            )
             for tool in ("cat", "cp"):
                 label = "`cat` all" if tool == "cat" else "`cp -r`"
                 self.add(
@@ -1086,6 +1113,7 @@ SMOKE_PHASES = ("small", "seq", "ttfb", "random")
 ORDER = (
     "small8_rclone",
     "small8_direct",
+    "small8_ceiling",
     "small1_cat_rclone",
     "small1_cp_rclone",
     "lat8_rclone",
