@@ -42,9 +42,7 @@ from cometfs.readpath import default_cache_dir as default_cache_dir  # cli.py im
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
-_M_ARENA_MAX = -8  # mallopt's parameter numbers, from glibc's malloc.h
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD = 256 << 10
+_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 _TRIM_PERIOD = 5.0
 # The total deadline of one server request, retries included (`--timeout`).
 DEFAULT_TIMEOUT = 20.0
@@ -195,24 +193,19 @@ async def _trim_malloc_periodically(period: float = _TRIM_PERIOD) -> None:
         await trio.to_thread.run_sync(trim, 0)
 
 
-def _tune_malloc() -> None:
-    """Best effort, glibc only: keep the mount's RSS close to the buffers it really holds.
+def _limit_malloc_arenas() -> None:
+    """Best effort, glibc only: at most two malloc arenas for the mount process.
 
-    At most two malloc arenas: glibc gives busy threads arenas of their own (up to 8 per
-    core), and each keeps the memory its thread freed. With 32 fetch threads landing 1 MiB
-    bodies, that kept the soak's RSS near 370 MiB while the reader's buffers stayed inside
-    their 128 MiB budget. And a fixed mmap threshold: glibc raises it to the size of each
-    mapped buffer freed, after which 1 MiB blocks come from the heap and leave holes there
-    until the next trim; mapped, a block's pages go back to the kernel when it is dropped.
+    glibc gives busy threads arenas of their own (up to 8 per core), and each keeps the
+    memory its thread freed. With 32 fetch threads landing 1 MiB bodies, that kept the
+    soak's RSS near 370 MiB while the reader's buffers stayed inside their 128 MiB budget.
     Called before any worker thread exists."""
     with contextlib.suppress(OSError, AttributeError):
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-        mallopt(_M_ARENA_MAX, 2)
-        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 2)
 
 
 async def _run(options: MountOptions, client: CometClient, ready: Callable[[], None]) -> None:
-    _tune_malloc()
+    _limit_malloc_arenas()
     mounted_at = time.time()
     graph = build_read_path(
         client,
