@@ -54,8 +54,9 @@ API_KEY = "soak-key-0123456789abcdef"
 WS = "soak"
 # The reader's default memory budget (AssetReader memory_budget) ...
 READER_BUDGET_MIB = 128
-# ... plus what the mount process holds besides its buffers: the interpreter, pyfuse3, trio,
-# urllib3 and cachetools (~45 MiB measured idle), worker-thread stacks and allocator slack.
+# ... plus what the mount process holds besides its buffers: the interpreter, pyfuse3, trio
+# and cachetools (~45 MiB measured idle, with urllib3 then), worker-thread stacks and
+# allocator slack.
 RSS_OVERHEAD_MIB = 96
 DEFAULT_FAULTS = "*=503@0.02;get-asset=reset-mid@0.01;seed=11"
 RESULTS = Path(__file__).resolve().parent.parent / "bench-results" / "soak.json"

@@ -4,13 +4,13 @@ malformed variants), status mapping, the retry policy and argument checks."""
 from __future__ import annotations
 
 import copy
-import io
+import http.client
 import json
 import logging
+import socket
 from typing import Any
 
 import pytest
-import urllib3
 
 from cometfs.client import CometClient
 from cometfs.client import parse as p
@@ -564,10 +564,17 @@ def make_http(sleeps: list[float] | None = None, *, retries: int = 4, jitter: fl
 
 def response(
     status: int, body: bytes = b"", headers: dict[str, str] | None = None
-) -> urllib3.HTTPResponse:
-    return urllib3.HTTPResponse(
-        body=io.BytesIO(body), headers=headers or {}, status=status, preload_content=False
-    )
+) -> http.client.HTTPResponse:
+    """An answer as http.client parses it off a socket, the whole of it already sent."""
+    fields = {"Content-Length": str(len(body)), **(headers or {})}
+    head = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+    ours, theirs = socket.socketpair()
+    with theirs:
+        theirs.sendall(f"HTTP/1.1 {status} X\r\n{head}\r\n".encode() + body)
+    with ours:  # the answer keeps the socket open until it is closed itself
+        answer = http.client.HTTPResponse(ours)
+        answer.begin()
+    return answer
 
 
 def error_body(msg: str, sdk_error_code: int | None = None) -> bytes:

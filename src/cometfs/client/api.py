@@ -381,7 +381,8 @@ class CometClient:
         """Check an answer to a Range request and read exactly [start, end) from it."""
         self._http.check_status(response, what, deadline)
         try:
-            self._pin_etag(key, sha256_etag(response), what)
+            digest = sha256_etag(response)
+            self._pin_etag(key, digest, what)
             whole = False
             if response.status == 206:
                 first, stop, total = parse.parse_content_range(
@@ -408,10 +409,9 @@ class CometClient:
             else:
                 raise ProtocolError(f"{what}: unexpected HTTP {response.status}")
             data = self._http.read_exact(response, end - start, what, deadline)
-            digest = sha256_etag(response) if whole else None
         finally:
             self._http.release(response)
-        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        if whole and digest is not None and hashlib.sha256(data).hexdigest() != digest:
             raise StaleError(f"{what}: the body does not match its SHA-256 ETag")
         return data
 

@@ -1,9 +1,10 @@
-"""HTTP plumbing under CometClient: one urllib3 connection pool for the process, total
-deadlines, bounded retries with jittered exponential backoff, HTTP status → cometfs error,
-bounded body reads (exact-length byte ranges, size-capped JSON) and request counters.
+"""HTTP plumbing under CometClient: one pool of keep-alive connections (transport.py, on
+http.client) for the process, total deadlines, bounded retries with jittered exponential
+backoff, HTTP status → cometfs error, bounded body reads (exact-length byte ranges,
+size-capped JSON) and request counters.
 
 Used from the worker threads that call CometClient, several at once; everything here is
-thread-safe (urllib3's PoolManager is). The API key lives only in this object and is added
+thread-safe (the transport is). The API key lives only in this object and is added
 to a request's headers only when it goes to the Comet API itself, never to a redirect
 target on another host.
 
@@ -26,15 +27,13 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
-
-import urllib3
-import urllib3.exceptions
 
 from cometfs import __version__
 from cometfs.client.buffers import Buffer, allocate
 from cometfs.client.parse import parse_error_body
+from cometfs.client.transport import Transport
 from cometfs.errors import (
     ApiError,
     NotFinalized,
@@ -45,14 +44,12 @@ from cometfs.errors import (
     Unauthorized,
 )
 
+# A redirect target's query is a signed blob URL: no line logged here may hold a URL. Debug
+# lines name the endpoint and its parameters only.
 log = logging.getLogger(__name__)
-# urllib3 logs every request line at DEBUG, query string included, and a redirect target's
-# query is a signed blob URL: with --log-level DEBUG those signatures would land in the log
-# file. Our own debug lines name the endpoint and its parameters only.
-logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 T = TypeVar("T")
-Response = urllib3.HTTPResponse
+Response = http.client.HTTPResponse
 
 USER_AGENT = f"cometfs/{__version__}"
 # A version listing of 100,000 assets with long paths and metadata is ~50 MB of JSON; an
@@ -70,9 +67,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _MAX_MESSAGE = 200
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-# Redirects and retries are ours to decide; one shared instance spares urllib3 building one
-# per request.
-_NO_RETRY = urllib3.Retry(total=False, redirect=False)
 
 
 class Retryable(Exception):
@@ -131,8 +125,7 @@ class Http:
         self._clock = clock
         # Connections are kept per host (the API and any blob host), at most pool_size each:
         # enough for every worker thread of the store facade, so none is discarded after use.
-        # block=False: a burst beyond that opens extra connections rather than queueing.
-        self._pool = urllib3.PoolManager(num_pools=8, maxsize=pool_size, block=False, retries=False)
+        self._transport = Transport(pool_size)
         self._lock = threading.Lock()
         self._counters: Counter[str] = Counter()
 
@@ -144,7 +137,7 @@ class Http:
 
     def close(self) -> None:
         """Close every pooled connection; later requests open new ones."""
-        self._pool.clear()
+        self._transport.close()
 
     def counters(self) -> dict[str, int]:
         with self._lock:
@@ -178,7 +171,7 @@ class Http:
         self.count(endpoint)
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
-        origin = _origin(url)
+        first = url
         response = self._send(url, headers, auth, deadline, what)
         hops = 0
         while follow_redirects and response.status in _REDIRECTS:
@@ -187,7 +180,7 @@ class Http:
                 break
             self.discard(response, deadline)
             url = urljoin(url, location)
-            auth = auth and _origin(url) == origin
+            auth = auth and _origin(url) == _origin(first)
             response = self._send(url, headers, auth, deadline, what)
             hops += 1
         # Only the endpoint and parameters: a blob URL may carry a signature.
@@ -378,18 +371,11 @@ class Http:
     ) -> int:
         """One socket read into `view` (0 at the end of the body), under the deadline."""
         left = deadline.check(what)
-        raw: Any = getattr(response, "_fp", None)
-        if raw is None:
+        if response.fp is None:
             return 0
-        connection = response.connection
-        sock = getattr(connection, "sock", None) if connection is not None else None
-        if sock is not None:
-            sock.settimeout(min(self._read_timeout, left))
         try:
-            if isinstance(raw, http.client.HTTPResponse):
-                return _read_once(raw, view)
-            n: int = raw.readinto(view)
-            return n
+            self._transport.settimeout(response, min(self._read_timeout, left))
+            return _read_once(response, view)
         except TimeoutError:
             waited = min(left, self._read_timeout)
             raise Retryable(
@@ -429,12 +415,10 @@ class Http:
         else:
             self.release(response)
 
-    @staticmethod
-    def release(response: Response) -> None:
-        """Give the connection back to the pool; one with unread body bytes is closed first."""
-        if not response.isclosed():
-            response.close()
-        response.release_conn()
+    def release(self, response: Response) -> None:
+        """Close the answer; its connection goes back to the pool only if the body was read
+        to the end (see Transport.release). Calling it again does nothing."""
+        self._transport.release(response)
 
     def _send(
         self,
@@ -448,25 +432,17 @@ class Http:
         sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
         if auth:
             sent["Authorization"] = self._api_key
-        timeout = urllib3.Timeout(
-            connect=min(self._connect_timeout, left), read=min(self._read_timeout, left)
-        )
         try:
-            # Typed as the base class; a PoolManager's answers are always HTTPResponse.
-            return self._pool.urlopen(  # type: ignore[return-value]
-                "GET",
+            return self._transport.request(
                 url,
-                headers=sent,
-                timeout=timeout,
-                redirect=False,
-                retries=_NO_RETRY,
-                preload_content=False,
-                decode_content=False,
+                sent,
+                connect_timeout=min(self._connect_timeout, left),
+                read_timeout=min(self._read_timeout, left),
             )
-        except (urllib3.exceptions.LocationValueError, urllib3.exceptions.URLSchemeUnknown):
-            # A bad URL: retrying won't help.
+        except http.client.InvalidURL:
+            # A bad URL: retrying won't help. Its text may quote the URL: not repeated.
             raise ApiError(f"{what}: request failed (InvalidURL)") from None
-        except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise Retryable(
                 TransientError(f"{what}: cannot reach the server ({type(exc).__name__})")
             ) from None

@@ -1,0 +1,385 @@
+"""The keep-alive transport under the REST client, against a tiny server written here that
+counts the connections it accepts: reuse, no reuse with unread bytes, stale pooled
+connections, the pool's bounds, bad URLs and verified TLS."""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cometfs.client.http import Http
+from cometfs.client.transport import Transport
+from cometfs.errors import ApiError
+
+BODY = b"x" * 5000
+BIG = 1 << 20
+WAIT = 10.0
+
+# A CA and a certificate it signed for 127.0.0.1, valid 2000-2100 (made with `openssl ca`;
+# a test key, used nowhere else).
+CA_PEM = """-----BEGIN CERTIFICATE-----
+MIIBaDCCAQ6gAwIBAgICEAAwCgYIKoZIzj0EAwIwGjEYMBYGA1UEAwwPY29tZXRm
+cyB0ZXN0IENBMCAXDTAwMDEwMTAwMDAwMFoYDzIxMDAwMTAxMDAwMDAwWjAaMRgw
+FgYDVQQDDA9jb21ldGZzIHRlc3QgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNC
+AAQLeSR3nRWqRauLVPG2c2/yNhxv7z26Z6/TrM8FELtmdSLyeQ/MI6qqVmJ8MJm9
+JNskOXUmjrRACBHgjZOkikhPo0IwQDAPBgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB
+/wQEAwIBBjAdBgNVHQ4EFgQUeKePjaXKHu2U7UudEp+83o0kAjkwCgYIKoZIzj0E
+AwIDSAAwRQIgRi7r9xzWcFFsOlAojbuxcfGVVNfHDB0vDZLm03rC9E8CIQDy9Lqc
+XcVLtqNEPDEjRX2HaZRjBFToGPCOr9ltEPbpvQ==
+-----END CERTIFICATE-----
+"""
+SERVER_PEM = """-----BEGIN CERTIFICATE-----
+MIIBqDCCAU6gAwIBAgICEAEwCgYIKoZIzj0EAwIwGjEYMBYGA1UEAwwPY29tZXRm
+cyB0ZXN0IENBMCAXDTAwMDEwMTAwMDAwMFoYDzIxMDAwMTAxMDAwMDAwWjAUMRIw
+EAYDVQQDDAkxMjcuMC4wLjEwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAASKoJx9
+L/QGSP2jcw+K8BWa/44JDu0fuCzCrubWu05olMOg3ngF+lWxnM9wW7vz/BWDb8uf
+f6TQn3tkSoyGMIoDo4GHMIGEMAwGA1UdEwEB/wQCMAAwDgYDVR0PAQH/BAQDAgeA
+MBMGA1UdJQQMMAoGCCsGAQUFBwMBMA8GA1UdEQQIMAaHBH8AAAEwHwYDVR0jBBgw
+FoAUeKePjaXKHu2U7UudEp+83o0kAjkwHQYDVR0OBBYEFBg1hhOTksqMZxA46xeE
+h0ne0eb2MAoGCCqGSM49BAMCA0gAMEUCIQC/neNAoFJJPsaaMUrEBSHIq6HIexD7
+hgoh3mAKUBZLigIgNDj2Ml1GBx8k0QnHNj9pESiGmIhVV4gvCStU0SwX7iQ=
+-----END CERTIFICATE-----
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg2hdJJL/VVR3ELUdi
+BTGdoTQjPeer2Z9Qbt/qAXc6kYWhRANCAASKoJx9L/QGSP2jcw+K8BWa/44JDu0f
+uCzCrubWu05olMOg3ngF+lWxnM9wW7vz/BWDb8uff6TQn3tkSoyGMIoD
+-----END PRIVATE KEY-----
+"""
+
+
+class Handler(BaseHTTPRequestHandler):
+    """One per connection. Paths: /ok, /big (1 MiB), /close (says Connection: close),
+    /then-fin (answers, then closes), /then-408 (answers, then sends a 408 unasked),
+    /then-drop (answers; the next request on the connection is read and left unanswered),
+    /drop (never answers)."""
+
+    protocol_version = "HTTP/1.1"
+    server: CountingServer
+    drop_next = False
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        if self.drop_next or self.path == "/drop":
+            self.close_connection = True  # closed without a byte of answer
+            return
+        if self.path == "/big":
+            self.reply(b"y" * BIG)
+        elif self.path == "/close":
+            self.reply(BODY, {"Connection": "close"})
+        else:
+            self.reply(BODY)
+        if self.path == "/then-fin":
+            self.wfile.flush()
+            self.close_connection = True
+            self.server.shutdown_request(self.connection)
+            self.server.closed.set()
+        elif self.path == "/then-408":
+            self.wfile.flush()
+            assert self.server.go_on.wait(WAIT)
+            self.wfile.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+            self.wfile.flush()
+            self.server.closed.set()
+        elif self.path == "/then-drop":
+            self.drop_next = True
+
+    def reply(self, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class CountingServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.tls = tls
+        self.accepted = 0
+        self.requests: list[str] = []
+        self.closed = threading.Event()
+        self.go_on = threading.Event()
+        self.finished = threading.Semaphore(0)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()
+        self.accepted += 1
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            if self.tls is not None:
+                request.do_handshake()
+            super().process_request_thread(request, client_address)
+        except OSError:  # a handshake the client gave up on
+            self.shutdown_request(request)
+        finally:
+            self.finished.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client closing mid-request is what some of these tests do
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.server_address[1]}"
+
+
+def serve(tls: ssl.SSLContext | None = None) -> Iterator[CountingServer]:
+    server = CountingServer(tls)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.go_on.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(WAIT)
+
+
+@pytest.fixture
+def server() -> Iterator[CountingServer]:
+    yield from serve()
+
+
+@pytest.fixture
+def transports() -> Iterator[Callable[..., Transport]]:
+    made: list[Transport] = []
+
+    def make(pool_size: int = 4, **kwargs: Any) -> Transport:
+        transport = Transport(pool_size, **kwargs)
+        made.append(transport)
+        return transport
+
+    yield make
+    for transport in made:
+        transport.close()
+
+
+def get(transport: Transport, url: str) -> http.client.HTTPResponse:
+    return transport.request(url, {}, connect_timeout=WAIT, read_timeout=WAIT)
+
+
+def fetch(transport: Transport, url: str) -> bytes:
+    """GET, read the whole body, give the connection back."""
+    response = get(transport, url)
+    try:
+        assert response.status == 200
+        return response.read()
+    finally:
+        transport.release(response)
+
+
+def test_connections_are_reused(
+    server: CountingServer, transports: Callable[..., Transport]
+) -> None:
+    transport = transports()
+    for _ in range(5):
+        assert fetch(transport, f"{server.url}/ok") == BODY
+    assert (server.accepted, len(server.requests)) == (1, 5)
+    assert transport.idle() == 1
+
+
+def test_a_connection_with_unread_body_is_not_reused(
+    server: CountingServer, transports: Callable[..., Transport]
+) -> None:
+    transport = transports()
+    response = get(transport, f"{server.url}/big")
+    assert response.read(10) == b"y" * 10
+    transport.release(response)
+    assert transport.idle() == 0
+    assert fetch(transport, f"{server.url}/ok") == BODY
+    assert server.accepted == 2
+
+
+def test_a_connection_the_server_will_close_is_not_reused(
+    server: CountingServer, transports: Callable[..., Transport]
+) -> None:
+    transport = transports()
+    assert fetch(transport, f"{server.url}/close") == BODY
+    assert transport.idle() == 0
+    assert fetch(transport, f"{server.url}/ok") == BODY
+    assert server.accepted == 2
+
+
+def test_releasing_twice_pools_once(
+    server: CountingServer, transports: Callable[..., Transport]
+) -> None:
+    transport = transports()
+    response = get(transport, f"{server.url}/ok")
+    response.read()
+    transport.release(response)
+    transport.release(response)
+    assert transport.idle() == 1
+
+
+@pytest.mark.parametrize("path", ["/then-fin", "/then-408"])
+def test_an_idle_connection_the_server_closed_or_wrote_on_is_dropped(
+    server: CountingServer, transports: Callable[..., Transport], path: str
+) -> None:
+    transport = transports()
+    assert fetch(transport, f"{server.url}{path}") == BODY
+    server.go_on.set()
+    assert server.closed.wait(WAIT)
+    assert transport.idle() == 1
+    # Seen before sending: the request goes on a new connection, and the 408 is no answer.
+    assert fetch(transport, f"{server.url}/ok") == BODY
+    assert server.accepted == 2
+    assert server.requests == [path, "/ok"]
+
+
+def test_a_stale_pooled_connection_is_retried_once_transparently(
+    server: CountingServer, transports: Callable[..., Transport]
+) -> None:
+    transport = transports()
+    assert fetch(transport, f"{server.url}/then-drop") == BODY
+    # The server takes the next request on that connection and closes it unanswered, as
+    # when an idle timeout crosses a request on the wire.
+    assert fetch(transport, f"{server.url}/ok") == BODY
+    assert server.requests == ["/then-drop", "/ok", "/ok"]
+    assert server.accepted == 2
+    assert transport.idle() == 1
+
+
+def test_a_fresh_connection_that_fails_is_not_retried(
+    server: CountingServer, transports: Callable[..., Transport]
+) -> None:
+    transport = transports()
+    with pytest.raises(http.client.RemoteDisconnected):
+        get(transport, f"{server.url}/drop")
+    assert (server.accepted, server.requests) == (1, ["/drop"])
+    # Stale, then fresh: sent twice in all, never a third time.
+    assert fetch(transport, f"{server.url}/then-drop") == BODY
+    with pytest.raises(http.client.RemoteDisconnected):
+        get(transport, f"{server.url}/drop")
+    assert server.accepted == 3
+    assert server.requests == ["/drop", "/then-drop", "/drop", "/drop"]
+    assert transport.idle() == 0
+
+
+def test_idle_connections_stay_within_pool_size(
+    server: CountingServer, transports: Callable[..., Transport]
+) -> None:
+    transport = transports(pool_size=2)
+    barrier = threading.Barrier(6)
+    failures: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            response = get(transport, f"{server.url}/ok")
+            barrier.wait(WAIT)  # all six answers open at once: six connections
+            response.read()
+            transport.release(response)
+        except BaseException as exc:
+            failures.append(exc)
+
+    for burst in range(1, 3):
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        assert not failures
+        assert transport.idle() == 2
+        # The burst beyond the pool opened extra connections rather than waiting, and
+        # those were closed when given back to the full pool.
+        assert server.accepted == 6 + (burst - 1) * 4
+    for _ in range(4 + 4):  # every connection the client closed, the server saw end
+        assert server.finished.acquire(timeout=WAIT)
+
+
+def test_close_closes_idle_connections(
+    server: CountingServer, transports: Callable[..., Transport]
+) -> None:
+    transport = transports()
+    fetch(transport, f"{server.url}/ok")
+    transport.close()
+    assert transport.idle() == 0
+    assert server.finished.acquire(timeout=WAIT)
+    fetch(transport, f"{server.url}/ok")
+    assert server.accepted == 2
+
+
+def test_origins_are_pooled_apart_and_only_the_recent_ones_kept(
+    server: CountingServer, transports: Callable[..., Transport]
+) -> None:
+    transport = transports(max_origins=1)
+    port = server.server_address[1]
+    fetch(transport, f"http://127.0.0.1:{port}/ok")
+    fetch(transport, f"http://localhost:{port}/ok")  # another origin, same server
+    assert (server.accepted, transport.idle()) == (2, 1)
+    assert server.finished.acquire(timeout=WAIT)  # the first origin's connection closed
+    fetch(transport, f"http://localhost:{port}/ok")
+    assert server.accepted == 2
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://127.0.0.1/x", "http://:80/x", "http:///x", "http://h:port/", "x/y"]
+)
+def test_a_bad_url_is_refused(url: str, transports: Callable[..., Transport]) -> None:
+    with pytest.raises(http.client.InvalidURL):
+        get(transports(), url)
+
+
+def test_a_bad_url_is_an_api_error_of_the_client() -> None:
+    client = Http(
+        "k",
+        connect_timeout=1.0,
+        read_timeout=1.0,
+        retries=2,
+        backoff=0.0,
+        max_backoff=0.0,
+        sleep=lambda _s: None,
+        jitter=lambda: 0.0,
+    )
+    with pytest.raises(ApiError, match=r"^w: request failed \(InvalidURL\)$"):
+        client.get("e", "ftp://127.0.0.1/x?signature=secret", "w", client.deadline(5.0))
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[CountingServer]:
+    pem = tmp_path / "server.pem"
+    pem.write_text(SERVER_PEM)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem)
+    yield from serve(context)
+
+
+def test_https_is_verified_against_the_system_cas(
+    tls_server: CountingServer, transports: Callable[..., Transport]
+) -> None:
+    with pytest.raises(ssl.SSLCertVerificationError):
+        get(transports(), f"{tls_server.url}/ok")
+
+
+def test_https_connections_are_reused(
+    tls_server: CountingServer, transports: Callable[..., Transport]
+) -> None:
+    context = ssl.create_default_context(cadata=CA_PEM)
+    transport = transports(ssl_context=context)
+    for _ in range(3):
+        assert fetch(transport, f"{tls_server.url}/ok") == BODY
+    assert (tls_server.accepted, len(tls_server.requests)) == (1, 3)
+
+
+def test_unsafe_characters_in_a_url_are_percent_encoded(
+    server: CountingServer, transports: Callable[..., Transport]
+) -> None:
+    # As a Location header may carry them; http.client would refuse the request line.
+    fetch(transports(), f"{server.url}/a b/é?x=ü&y=%20#fragment")
+    assert server.requests == ["/a%20b/%C3%A9?x=%C3%BC&y=%20"]
