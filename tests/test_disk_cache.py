@@ -296,3 +296,32 @@ def test_holds_follows_puts_evictions_and_discards(tmp_path: Path) -> None:
     assert cache.holds(key, 3)
     cache.discard(key)
     assert not any(cache.holds(key, index) for index in range(4))
+
+
+def test_put_many_stores_the_blocks_it_can_and_books_only_those(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = DiskCache(tmp_path / "c", 100 * ENTRY, block_size=BLOCK)
+    real_write = cache._write
+
+    def write(path: Path, view: memoryview) -> None:
+        if path == cache._block_path(OTHER, 1):
+            raise OSError(28, "No space left on device")
+        real_write(path, view)
+
+    monkeypatch.setattr(cache, "_write", write)
+    errors = cache.put_many([(KEY, 0, block(0)), (OTHER, 1, block(1)), (OTHER, 2, block(2))])
+    assert [e.errno for e in errors] == [28]
+    assert cache.get(KEY, 0, BLOCK) == block(0)
+    assert cache.get(OTHER, 1, BLOCK) is None
+    assert cache.get(OTHER, 2, BLOCK) == block(2)
+    assert cache.usage() == 2 * ENTRY
+    assert DiskCache(tmp_path / "c", 100 * ENTRY, block_size=BLOCK).usage() == 2 * ENTRY
+
+
+def test_put_many_skips_a_batch_that_would_eat_the_free_space_reserve(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path / "c", 100 * ENTRY, block_size=BLOCK, reserve_bytes=1 << 62)
+    assert cache.put_many([(KEY, 0, block(0)), (KEY, 1, block(1))]) == []
+    assert cache.skipped_low_space == 2
+    assert block_files(tmp_path / "c") == []
+    assert cache.usage() == 0

@@ -676,8 +676,10 @@ def test_disk_cache_usage_stays_within_capacity_through_the_reader(tmp_path: Pat
 
 
 class BrokenDisk(DiskCache):
-    def put(self, key: AssetKey, block_index: int, data: bytes | bytearray | memoryview) -> None:
-        raise OSError(28, "No space left on device")
+    def put_many(
+        self, blocks: Sequence[tuple[AssetKey, int, bytes | bytearray | memoryview]]
+    ) -> list[OSError]:
+        return [OSError(28, "No space left on device") for _ in blocks]
 
 
 def test_disk_write_failures_do_not_fail_reads(
@@ -931,9 +933,11 @@ class SlowDisk(DiskCache):
         super().__init__(*args, **kwargs)
         self.gate = threading.Event()
 
-    def put(self, key: AssetKey, block_index: int, data: bytes | bytearray | memoryview) -> None:
+    def put_many(
+        self, blocks: Sequence[tuple[AssetKey, int, bytes | bytearray | memoryview]]
+    ) -> list[OSError]:
         assert self.gate.wait(20)
-        super().put(key, block_index, data)
+        return super().put_many(blocks)
 
 
 def test_stream_waits_for_a_slow_disk_instead_of_buffering(tmp_path: Path) -> None:

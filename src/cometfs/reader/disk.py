@@ -42,7 +42,7 @@ import shutil
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -184,31 +184,56 @@ class DiskCache:
         `data` is any buffer; it is written as is, not copied. Skipped when it cannot fit the
         capacity or the file system's free-space reserve, or when the block is already there.
         """
+        errors = self.put_many([(key, block_index, data)])
+        if errors:
+            raise errors[0]
+
+    def put_many(
+        self, blocks: Sequence[tuple[AssetKey, int, bytes | bytearray | memoryview]]
+    ) -> list[OSError]:
+        """Store several blocks as `put` does, booking them in the shared ledger and checking
+        the free-space reserve once for all (a walk over small files writes many at once).
+
+        A block that fails to be written is returned with the others' errors and unbooked;
+        the rest are stored.
+        """
         if not self._scanned:
             self.scan()
-        view = memoryview(data).cast("B")
-        size = view.nbytes + _TRAILER.size
-        if size > self.capacity:
-            return
-        path = self._block_path(key, block_index)
-        if self._already_stored(path, size):
-            return
-        if not self._space_for(size):
-            return
+        todo: list[tuple[Path, memoryview, int]] = []
+        for key, block_index, data in blocks:
+            view = memoryview(data).cast("B")
+            size = view.nbytes + _TRAILER.size
+            path = self._block_path(key, block_index)
+            if size <= self.capacity and not self._already_stored(path, size):
+                todo.append((path, view, size))
+        total = sum(size for _, _, size in todo)
+        if not todo or not self._space_for(total, len(todo)):
+            return []
         with self._ledger.locked() as ledger:
-            booked = ledger.add(size)
+            booked = ledger.add(total)
             if booked > self.capacity:
-                self._measure_and_evict(ledger, self._low_water - size)
-                booked = ledger.add(size)
+                self._measure_and_evict(ledger, self._low_water - total)
+                booked = ledger.add(total)
             self._usage = booked
+        errors: list[OSError] = []
+        written: list[Path] = []
+        stored = 0
         try:
-            self._write(path, view)
-        except BaseException:
-            with self._ledger.locked() as ledger:
-                self._usage = ledger.add(-size)
-            raise
-        with self._lock:
-            self._index.add(path)
+            for path, view, size in todo:
+                try:
+                    self._write(path, view)
+                except OSError as exc:
+                    errors.append(exc)
+                else:
+                    written.append(path)
+                    stored += size
+        finally:
+            if stored < total:
+                with self._ledger.locked() as ledger:
+                    self._usage = ledger.add(stored - total)
+            with self._lock:
+                self._index.update(written)
+        return errors
 
     def discard(self, key: AssetKey) -> None:
         """Delete every block of one asset (its bytes turned out not to be what was listed)."""
@@ -269,8 +294,9 @@ class DiskCache:
             self._index.add(path)
         return True
 
-    def _space_for(self, size: int) -> bool:
-        """Whether writing `size` bytes keeps the file system's free-space reserve."""
+    def _space_for(self, size: int, blocks: int = 1) -> bool:
+        """Whether writing `size` bytes (of `blocks` blocks) keeps the file system's
+        free-space reserve."""
         try:
             fs = self._statvfs(self.root)
         except OSError:
@@ -279,7 +305,7 @@ class DiskCache:
         reserve = self.reserve_bytes if self.reserve_bytes is not None else max(_GIB, total // 20)
         if fs.f_bavail * fs.f_frsize - size >= reserve:
             return True
-        self.skipped_low_space += 1
+        self.skipped_low_space += blocks
         if not self._warned_space:
             self._warned_space = True
             logger.warning(

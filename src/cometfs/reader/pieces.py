@@ -144,17 +144,15 @@ def disk_get_many(disk: DiskCache, key: AssetKey, lengths: dict[int, int]) -> di
 def disk_put_batch(
     disk: DiskCache, batch: list[tuple[AssetKey, dict[int, memoryview]]]
 ) -> list[OSError]:
-    """Worker thread: store the blocks of several fetches; one failure skips only its asset."""
-    errors: list[OSError] = []
-    for key, blocks in batch:
-        try:
-            disk_put_many(disk, key, blocks)
-        except OSError as exc:
-            errors.append(exc)
-    return errors
+    """Worker thread: store the blocks of several fetches at once; a failure skips only
+    its block."""
+    return disk.put_many(
+        [(key, index, data) for key, blocks in batch for index, data in blocks.items()]
+    )
 
 
 def disk_put_many(disk: DiskCache, key: AssetKey, blocks: dict[int, memoryview]) -> None:
-    """Worker thread: store whole blocks."""
-    for index, data in blocks.items():
-        disk.put(key, index, data)
+    """Worker thread: store whole blocks of one asset; raises the first failure."""
+    errors = disk.put_many([(key, index, data) for index, data in blocks.items()])
+    if errors:
+        raise errors[0]
