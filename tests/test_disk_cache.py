@@ -319,6 +319,13 @@ def test_put_many_stores_the_blocks_it_can_and_books_only_those(
     assert DiskCache(tmp_path / "c", 100 * ENTRY, block_size=BLOCK).usage() == 2 * ENTRY
 
 
+def test_put_many_writes_and_books_a_block_given_twice_once(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path / "c", 100 * ENTRY, block_size=BLOCK)
+    assert cache.put_many([(KEY, 0, block(0)), (KEY, 0, block(0))]) == []
+    assert cache.usage() == ENTRY
+    assert len(block_files(tmp_path / "c")) == 1
+
+
 def test_put_many_skips_a_batch_that_would_eat_the_free_space_reserve(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path / "c", 100 * ENTRY, block_size=BLOCK, reserve_bytes=1 << 62)
     assert cache.put_many([(KEY, 0, block(0)), (KEY, 1, block(1))]) == []

@@ -199,14 +199,14 @@ class DiskCache:
         """
         if not self._scanned:
             self.scan()
-        todo: list[tuple[Path, memoryview, int]] = []
+        todo: dict[Path, tuple[memoryview, int]] = {}  # a block given twice is written once
         for key, block_index, data in blocks:
             view = memoryview(data).cast("B")
             size = view.nbytes + _TRAILER.size
             path = self._block_path(key, block_index)
-            if size <= self.capacity and not self._already_stored(path, size):
-                todo.append((path, view, size))
-        total = sum(size for _, _, size in todo)
+            if size <= self.capacity and path not in todo and not self._already_stored(path, size):
+                todo[path] = (view, size)
+        total = sum(size for _, size in todo.values())
         if not todo or not self._space_for(total, len(todo)):
             return []
         with self._ledger.locked() as ledger:
@@ -219,7 +219,7 @@ class DiskCache:
         written: list[Path] = []
         stored = 0
         try:
-            for path, view, size in todo:
+            for path, (view, size) in todo.items():
                 try:
                     self._write(path, view)
                 except OSError as exc:

@@ -266,7 +266,7 @@ class AssetReader:
             slots = self._start_load(key, head)
             found = {piece: await slot.wait() for piece, slot in slots.items()}
             for later in (missing, prefetch):
-                pending = [p for p in later if p not in self._memory and p not in self._slots]
+                pending = [piece for piece in later if self._absent(piece)]
                 if pending:
                     self._start_load(key, pending)
             return self._assemble(head, found, offset, end)
@@ -357,9 +357,11 @@ class AssetReader:
         if high - low >= (block_end - block_start) // 2:
             return []  # most of the block: waiting for it costs little more
         head = [(key, index, chunk) for chunk in chunks]
-        if any(piece in self._memory or piece in self._slots for piece in head):
-            return []
-        return head
+        return head if all(self._absent(piece) for piece in head) else []
+
+    def _absent(self, piece: Piece) -> bool:
+        """Neither cached in memory nor being loaded."""
+        return piece not in self._memory and piece not in self._slots
 
     def _bounds(self, piece: Piece) -> tuple[int, int]:
         """Byte range [start, end) of a piece within its asset."""
@@ -404,7 +406,7 @@ class AssetReader:
         chosen: list[Piece] = []
         for index in blocks_covering(start, stop, self.block_size):
             piece = (key, index, WHOLE)
-            if piece in pieces or piece in self._memory or piece in self._slots:
+            if piece in pieces or not self._absent(piece):
                 continue
             nbytes = block_length(index, self.block_size, key.size)
             if nbytes > room:
@@ -447,13 +449,8 @@ class AssetReader:
             ahead += nbytes
             if self._walk_files >= _WALK_FILES or ahead > _WALK_AHEAD:
                 return
-            pieces = [
-                piece
-                for piece in (
-                    (key, index, WHOLE) for index in blocks_covering(0, nbytes, self.block_size)
-                )
-                if piece not in self._memory and piece not in self._slots
-            ]
+            indexes = blocks_covering(0, nbytes, self.block_size)
+            pieces = [(key, i, WHOLE) for i in indexes if self._absent((key, i, WHOLE))]
             if not pieces:
                 continue
             load = sum(block_length(piece[1], self.block_size, key.size) for piece in pieces)
