@@ -20,18 +20,15 @@ import os
 import random
 import signal
 import stat
-import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyfuse3
 import trio
 
-from bench_peers import ChildProc
+from bench_peers import ChildMount
 from benchlib import PYTHON, Cleanup
-from cometfs.testing import is_mounted, wait_until
 
 TIMEOUT = 300.0
 
@@ -139,44 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-@dataclass
-class CeilingMount:
+class CeilingMount(ChildMount):
     """The minimal file system mounted at `path` in a child process, for the benchmark."""
 
-    path: Path
-    files: int
-    seed: int
-    log_file: Path
-    cleanup: Cleanup
-    child: ChildProc | None = None
-    _undo: Callable[[], None] | None = field(default=None, repr=False)
-
-    def start(self) -> CeilingMount:
-        self.path.mkdir(parents=True, exist_ok=True)
-        argv = [PYTHON, __file__, str(self.path), "--files", str(self.files)]
-        self._undo = self.cleanup.add(f"ceiling {self.path}", self._stop)
-        child = self.child = ChildProc(
-            f"ceiling file system {self.path}",
-            [*argv, "--seed", str(self.seed)],
-            self.log_file,
-            self.cleanup,
-        ).start()
-        if not wait_until(lambda: is_mounted(self.path) or not child.running(), 30):
-            raise RuntimeError(f"the ceiling file system did not mount {self.path}")
-        if not child.running():
-            raise RuntimeError(f"the ceiling file system exited; see {self.log_file}")
-        return self
-
-    def stop(self) -> None:
-        if self._undo is not None:
-            self._undo()
-            self._undo = None
-
-    def _stop(self) -> None:
-        if self.child is not None:
-            self.child.stop()
-        if is_mounted(self.path):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False, timeout=30)
+    def __init__(self, path: Path, files: int, seed: int, log_file: Path, cleanup: Cleanup):
+        argv = [PYTHON, __file__, str(path), "--files", str(files), "--seed", str(seed)]
+        super().__init__("ceiling file system", path, argv, log_file, cleanup)
 
 
 if __name__ == "__main__":

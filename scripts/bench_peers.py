@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -228,51 +228,35 @@ def link_tree(files: dict[str, Path], root: Path) -> None:
             os.link(blob, dest)
 
 
-# ---- rclone mount ------------------------------------------------------------------------------
+# ---- mounts in child processes (rclone; the ceiling in bench_ceiling.py) -------------------
 
 
-@dataclass
-class RcloneMount:
-    """`rclone mount :http: PATH` in the foreground; SIGTERM makes it unmount and exit."""
+class ChildMount:
+    """A file system served by a child process at `path`: mounted once `start` returns;
+    stopping sends SIGTERM, then unmounts lazily if the child left the mount behind."""
 
-    path: Path
-    url: str
-    cache_dir: Path
-    log_file: Path
-    cleanup: Cleanup
-    full_cache: bool = False
-    child: ChildProc | None = None
-    _undo: Callable[[], None] | None = field(default=None, repr=False)
+    def __init__(
+        self, name: str, path: Path, argv: Sequence[str], log_file: Path, cleanup: Cleanup
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.argv = list(argv)
+        self.log_file = log_file
+        self.cleanup = cleanup
+        self.child: ChildProc | None = None
+        self._undo: Callable[[], None] | None = None
 
-    def start(self) -> RcloneMount:
+    def start(self) -> ChildMount:
         self.path.mkdir(parents=True, exist_ok=True)
-        argv = [
-            "rclone",
-            "mount",
-            ":http:",
-            str(self.path),
-            "--http-url",
-            self.url + "/",
-            "--read-only",
-            "--config",
-            "/dev/null",
-            "--cache-dir",
-            str(self.cache_dir),
-            "--log-file",
-            str(self.log_file),
-            "--log-level",
-            "NOTICE",
-        ]
-        if self.full_cache:
-            argv += ["--vfs-cache-mode", "full"]
-        self._undo = self.cleanup.add(f"rclone {self.path}", self._stop)
+        self._undo = self.cleanup.add(f"{self.name} {self.path}", self._stop)
+        out = self.log_file.with_suffix(".out")
         child = self.child = ChildProc(
-            f"rclone process {self.path}", argv, self.log_file.with_suffix(".out"), self.cleanup
+            f"{self.name} process {self.path}", self.argv, out, self.cleanup
         ).start()
         if not wait_until(lambda: is_mounted(self.path) or not child.running(), 30):
-            raise RuntimeError(f"rclone did not mount {self.path}")
+            raise RuntimeError(f"{self.name} did not mount {self.path}")
         if not child.running():
-            raise RuntimeError(f"rclone exited; see {self.log_file}")
+            raise RuntimeError(f"{self.name} exited; see {self.log_file} and {out}")
         return self
 
     @property
@@ -296,6 +280,41 @@ class RcloneMount:
                 timeout=30,
             )
         wait_until(lambda: not is_mounted(self.path), 20)
+
+
+class RcloneMount(ChildMount):
+    """`rclone mount :http: PATH` in the foreground; SIGTERM makes it unmount and exit."""
+
+    def __init__(
+        self,
+        path: Path,
+        url: str,
+        cache_dir: Path,
+        log_file: Path,
+        cleanup: Cleanup,
+        *,
+        full_cache: bool = False,
+    ) -> None:
+        argv = [
+            "rclone",
+            "mount",
+            ":http:",
+            str(path),
+            "--http-url",
+            url + "/",
+            "--read-only",
+            "--config",
+            "/dev/null",
+            "--cache-dir",
+            str(cache_dir),
+            "--log-file",
+            str(log_file),
+            "--log-level",
+            "NOTICE",
+        ]
+        if full_cache:
+            argv += ["--vfs-cache-mode", "full"]
+        super().__init__("rclone", path, argv, log_file, cleanup)
 
 
 # ---- curl ----------------------------------------------------------------------------------------
