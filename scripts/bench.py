@@ -464,26 +464,35 @@ class Bench:
                 with self.rclone() as r:
                     return n / self.cp_r(r.path / "small")
 
-            def ceiling8() -> float:
-                n = self._next()
-                c = CeilingMount(
-                    self.work / f"ceiling{n}",
-                    len(files),
-                    SMALL_SEED,
-                    self.work / f"ceiling{n}.log",
-                    self.cleanup,
-                ).start()
-                try:
-                    drop_page_cache()
-                    return len(files) / self.read_parallel(c.path, files, 8)
-                finally:
-                    c.stop()
+            manifest = self.work / "small-urls.json"
+            manifest.write_text(json.dumps({a.logical: self.asset_url(a) for a in files}))
+
+            def ceiling8(urls: Path | None) -> Callable[[], float]:
+                def run() -> float:
+                    n = self._next()
+                    c = CeilingMount(
+                        self.work / f"ceiling{n}",
+                        len(files),
+                        SMALL_SEED,
+                        self.work / f"ceiling{n}.log",
+                        self.cleanup,
+                        urls=urls,
+                        env=self.env,
+                    ).start()
+                    try:
+                        drop_page_cache()
+                        return len(files) / self.read_parallel(c.path, files, 8)
+                    finally:
+                        c.stop()
+
+                return run
 
             contenders |= {
                 "rclone 8": rclone8,
                 "rclone cat": rclone_cat,
                 "rclone cp": rclone_cp,
-                "ceiling 8": ceiling8,
+                "ceiling 8": ceiling8(None),
+                "ceiling net 8": ceiling8(manifest),
             }
         s = self.interleave(contenders)
         med = {k: median(v) for k, v in s.items()}
@@ -538,6 +547,23 @@ class Bench:
                     notes="scripts/bench_ceiling.py: lookup, open, read, release from a dict; "
                     f"no network, no cache; spread {spread(s['ceiling 8'], 'files/s')}",
                     samples=self._samples(s, "ceiling 8", "rclone 8"),
+                )
+            )
+            self.add(
+                Result(
+                    "small8_ceiling_net",
+                    f"{what}, 8 reader threads: the same minimal file system fetching each "
+                    "file with one raw GET from the local server (the ceiling of a "
+                    "network-backed Python FUSE file system here)",
+                    med["ceiling net 8"],
+                    "files/s",
+                    "rclone mount (default)",
+                    med["rclone 8"],
+                    goal_on="",
+                    notes="scripts/bench_ceiling.py --urls: http.client keep-alive GET per "
+                    "file in a worker thread, nothing checked or cached; spread "
+                    f"{spread(s['ceiling net 8'], 'files/s')}",
+                    samples=self._samples(s, "ceiling net 8", "rclone 8"),
                 )
             )
             for tool in ("cat", "cp"):
@@ -1114,6 +1140,7 @@ ORDER = (
     "small8_rclone",
     "small8_direct",
     "small8_ceiling",
+    "small8_ceiling_net",
     "small1_cat_rclone",
     "small1_cp_rclone",
     "lat8_rclone",

@@ -6,7 +6,12 @@ no network, no cache, no bookkeeping, just lookup, getattr, open, read and relea
 cometfs answers them. What it reaches with the same 8 reader threads bounds what any
 file system written on pyfuse3 can reach here, whatever its data path does.
 
-    python scripts/bench_ceiling.py MOUNTPOINT --files 1000 --seed 6
+With `--urls MANIFEST` (JSON: path -> get-asset URL, the key in COMET_API_KEY) each file's
+bytes are fetched instead, whole, by its first read: one GET on a raw keep-alive
+http.client connection per worker thread, nothing checked or cached. That bounds any
+network-backed file system written on pyfuse3 against the same server.
+
+    python scripts/bench_ceiling.py MOUNTPOINT --files 1000 --seed 6 [--urls FILE]
 
 Unmounts and exits on SIGTERM or SIGINT. The file tree and bytes are those of bench.py's
 "small" artifact (d00/f0000.bin, ...); `CeilingMount` runs it for the benchmark.
@@ -16,13 +21,17 @@ from __future__ import annotations
 
 import argparse
 import errno
+import http.client
+import json
 import os
 import random
 import signal
 import stat
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyfuse3
 import trio
@@ -46,8 +55,13 @@ def small_files(count: int, seed: int) -> dict[str, bytes]:
 class MemoryFS(pyfuse3.Operations):
     """Read-only directories and files from a {path: bytes} map; inodes given in path order."""
 
-    def __init__(self, files: dict[str, bytes]) -> None:
+    def __init__(
+        self, files: dict[str, bytes], fetch: Callable[[str], bytes] | None = None
+    ) -> None:
         super().__init__()
+        self.fetch = fetch
+        self.path: dict[int, str] = {}
+        self.fetched: dict[int, bytes] = {}
         self.data: dict[int, bytes] = {}
         self.children: dict[int, dict[bytes, int]] = {pyfuse3.ROOT_INODE: {}}
         next_inode = pyfuse3.ROOT_INODE + 1
@@ -63,6 +77,7 @@ class MemoryFS(pyfuse3.Operations):
                 parent = entries[part.encode()]
             self.children[parent][name.encode()] = next_inode
             self.data[next_inode] = files[path]
+            self.path[next_inode] = path
             next_inode += 1
 
     def _attrs(self, inode: int) -> pyfuse3.EntryAttributes:
@@ -94,10 +109,18 @@ class MemoryFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return memoryview(self.data[fh])[off : off + size]  # type: ignore[return-value]
+        data = self.data[fh]
+        if self.fetch is not None:
+            if fh not in self.fetched:
+                got = await trio.to_thread.run_sync(self.fetch, self.path[fh])
+                if len(got) != len(data):
+                    raise pyfuse3.FUSEError(errno.EIO)
+                self.fetched[fh] = got
+            data = self.fetched[fh]
+        return memoryview(data)[off : off + size]  # type: ignore[return-value]
 
     async def release(self, fh: int) -> None:
-        return None
+        self.fetched.pop(fh, None)
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         return inode
@@ -121,13 +144,37 @@ async def _serve() -> None:
                 break
 
 
+def fetcher(manifest: Path, key: str) -> Callable[[str], bytes]:
+    """GET a file's URL from the manifest on this thread's own keep-alive connection."""
+    urls: dict[str, str] = json.loads(manifest.read_text())
+    local = threading.local()
+
+    def fetch(path: str) -> bytes:
+        url = urlsplit(urls[path])
+        connection = getattr(local, "connection", None)
+        if connection is None:
+            connection = local.connection = http.client.HTTPConnection(
+                url.hostname or "", url.port, timeout=60
+            )
+        connection.request("GET", f"{url.path}?{url.query}", headers={"Authorization": key})
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise OSError(errno.EIO, f"GET {path}: HTTP {response.status}")
+        return body
+
+    return fetch
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("mountpoint")
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=6)
+    ap.add_argument("--urls", type=Path, help="fetch each file from its URL in this JSON")
     args = ap.parse_args(argv)
-    fs = MemoryFS(small_files(args.files, args.seed))
+    fetch = fetcher(args.urls, os.environ["COMET_API_KEY"]) if args.urls else None
+    fs = MemoryFS(small_files(args.files, args.seed), fetch)
     pyfuse3.init(fs, args.mountpoint, {*pyfuse3.default_options, "fsname=ceiling", "ro"})
     try:
         trio.run(_serve)
@@ -139,9 +186,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 class CeilingMount(ChildMount):
     """The minimal file system mounted at `path` in a child process, for the benchmark."""
 
-    def __init__(self, path: Path, files: int, seed: int, log_file: Path, cleanup: Cleanup):
+    def __init__(
+        self,
+        path: Path,
+        files: int,
+        seed: int,
+        log_file: Path,
+        cleanup: Cleanup,
+        *,
+        urls: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         argv = [PYTHON, __file__, str(path), "--files", str(files), "--seed", str(seed)]
-        super().__init__("ceiling file system", path, argv, log_file, cleanup)
+        if urls is not None:
+            argv += ["--urls", str(urls)]
+        super().__init__("ceiling file system", path, argv, log_file, cleanup, env=env)
 
 
 if __name__ == "__main__":

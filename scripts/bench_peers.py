@@ -236,9 +236,17 @@ class ChildMount:
     stopping sends SIGTERM, then unmounts lazily if the child left the mount behind."""
 
     def __init__(
-        self, name: str, path: Path, argv: Sequence[str], log_file: Path, cleanup: Cleanup
+        self,
+        name: str,
+        path: Path,
+        argv: Sequence[str],
+        log_file: Path,
+        cleanup: Cleanup,
+        *,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
+        self.env = env
         self.path = path
         self.argv = list(argv)
         self.log_file = log_file
@@ -251,7 +259,7 @@ class ChildMount:
         self._undo = self.cleanup.add(f"{self.name} {self.path}", self._stop)
         out = self.log_file.with_suffix(".out")
         child = self.child = ChildProc(
-            f"{self.name} process {self.path}", self.argv, out, self.cleanup
+            f"{self.name} process {self.path}", self.argv, out, self.cleanup, env=self.env
         ).start()
         if not wait_until(lambda: is_mounted(self.path) or not child.running(), 30):
             raise RuntimeError(f"{self.name} did not mount {self.path}")
