@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cometfs import __version__
-from cometfs.config import DEFAULT_METADATA_TTL, resolve
+from cometfs.config import DEFAULT_CACHE_SIZE, DEFAULT_METADATA_TTL, resolve
 from cometfs.errors import CometFSError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
@@ -46,6 +46,23 @@ def _default_store() -> Path:
     return Path(base) / "cometfs" / "store"
 
 
+def _add_cache_options(command: argparse.ArgumentParser) -> None:
+    """--cache-dir and --cache-size, the same for every command that reads through the cache."""
+    command.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="disk cache directory, shared by everything reading from the same server "
+        "(default: $XDG_CACHE_HOME/cometfs/<server hash>)",
+    )
+    command.add_argument(
+        "--cache-size",
+        type=parse_size,
+        default=DEFAULT_CACHE_SIZE,
+        metavar="SIZE",
+        help="disk cache bound, LRU eviction, e.g. 512M or 50G (default: 10G)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cometfs", description="Mount Comet ML artifacts as a read-only filesystem."
@@ -66,18 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="show only this workspace; repeat for more (default: every workspace the key sees)",
     )
-    m.add_argument(
-        "--cache-dir",
-        type=Path,
-        help="disk cache directory (default: $XDG_CACHE_HOME/cometfs/<server hash>)",
-    )
-    m.add_argument(
-        "--cache-size",
-        type=parse_size,
-        default=parse_size("10G"),
-        metavar="SIZE",
-        help="disk cache bound, LRU eviction, e.g. 512M or 50G (default: 10G)",
-    )
+    _add_cache_options(m)
     m.add_argument(
         "--metadata-ttl",
         type=_non_negative_float,
@@ -276,17 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress bar on stderr (default: only when stderr is a terminal)",
     )
     d.add_argument("--server-url", help="Comet server (default: COMET_URL_OVERRIDE or comet.com)")
-    d.add_argument(
-        "--cache-dir",
-        type=Path,
-        help="disk cache, shared with mounts of the same server (default: XDG cache)",
-    )
-    d.add_argument(
-        "--cache-size",
-        type=parse_size,
-        default=parse_size("10G"),
-        help="disk cache bound (default: 10G)",
-    )
+    _add_cache_options(d)
     return parser
 
 

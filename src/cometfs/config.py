@@ -21,6 +21,8 @@ DEFAULT_SERVER_URL = "https://www.comet.com"
 # How long listings and mutable metadata are trusted (seconds); the one default of the
 # store, the tree, the read path, the mount options and --metadata-ttl.
 DEFAULT_METADATA_TTL = 30.0
+# The disk cache's bound (bytes): the default of --cache-size, the Engine and comet://.
+DEFAULT_CACHE_SIZE = 10 << 30
 
 
 @dataclass(frozen=True)

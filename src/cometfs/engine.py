@@ -31,10 +31,10 @@ import trio
 
 from cometfs import __version__
 from cometfs.client import CometClient
-from cometfs.config import DEFAULT_METADATA_TTL, Config
+from cometfs.config import DEFAULT_CACHE_SIZE, DEFAULT_METADATA_TTL, Config
 from cometfs.errors import CometFSError, NotFound
 from cometfs.reader import AssetReader, ReadHandle
-from cometfs.readpath import DEFAULT_CACHE_SIZE, ReadPath, build_read_path, default_cache_dir
+from cometfs.readpath import ReadPath, build_read_path, default_cache_dir
 from cometfs.tree import AssetFile, Directory, Node, Symlink, VirtualFile
 
 log = logging.getLogger(__name__)

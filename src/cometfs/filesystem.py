@@ -25,10 +25,9 @@ from typing import Any
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
-from cometfs.config import DEFAULT_METADATA_TTL, resolve
+from cometfs.config import DEFAULT_CACHE_SIZE, DEFAULT_METADATA_TTL, resolve
 from cometfs.engine import Engine, Entry, NotAFile, OpenFile
 from cometfs.errors import NotFound, Unauthorized
-from cometfs.readpath import DEFAULT_CACHE_SIZE
 
 log = logging.getLogger(__name__)
 

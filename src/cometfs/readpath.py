@@ -22,8 +22,6 @@ from cometfs.reader import AssetReader, DiskCache
 from cometfs.store import RestClient, Store
 from cometfs.tree import Tree
 
-DEFAULT_CACHE_SIZE = 10 << 30
-
 
 def default_cache_dir(server_url: str, environ: Mapping[str, str] | None = None) -> Path:
     """Per-server cache under the XDG cache directory, so ids of two servers never mix."""
