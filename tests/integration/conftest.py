@@ -20,6 +20,8 @@ import pytest
 from cometfs.server import CometServer
 from cometfs.testing import CLI, log_problems, mount_pid, unmount
 
+from .data import Dataset, start_world
+
 
 def fuse_usable() -> str | None:
     """None when FUSE mounts can work here, else why not."""
@@ -93,6 +95,17 @@ class MountFactory(Protocol):
         cache_dir: Path | None = None,
         key: str | None = None,
     ) -> Mount: ...
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CometServer, Dataset]]:
+    """The standard dataset on a local server, one per test module (modules that need
+    another server define their own `world`)."""
+    server, dataset = start_world(tmp_path_factory.mktemp("store"))
+    try:
+        yield server, dataset
+    finally:
+        server.close()
 
 
 @pytest.fixture

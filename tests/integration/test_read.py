@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +24,9 @@ from cometfs.server import CometServer
 from cometfs.testing import wait_until
 
 from .conftest import Mount, MountFactory
-from .data import ART, KEY, REMOTE, WS, Dataset, start_world
+from .data import ART, KEY, REMOTE, WS, Dataset
 
 pytestmark = pytest.mark.fuse
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CometServer, Dataset]]:
-    server, dataset = start_world(tmp_path_factory.mktemp("store"))
-    try:
-        yield server, dataset
-    finally:
-        server.close()
 
 
 @pytest.fixture

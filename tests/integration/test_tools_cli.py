@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +17,9 @@ from cometfs.server import CometServer
 from cometfs.testing import CLI, wait_for, wait_unmounted
 
 from .conftest import Mount, MountFactory
-from .data import ART, KEY, WS, Dataset, start_world
+from .data import ART, KEY, WS, Dataset
 
 pytestmark = pytest.mark.fuse
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CometServer, Dataset]]:
-    server, dataset = start_world(tmp_path_factory.mktemp("store"))
-    try:
-        yield server, dataset
-    finally:
-        server.close()
 
 
 def run(
