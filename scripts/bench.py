@@ -57,6 +57,7 @@ import requests
 
 from bench_ceiling import CeilingMount, small_files
 from bench_peers import (
+    ChildMount,
     DelayProxy,
     Nginx,
     PeakSampler,
@@ -95,6 +96,9 @@ MiB = 1 << 20
 GiB = 1 << 30
 LATENCY = 0.025
 SMALL_SEED = 6
+# The sequential ceilings' (MiB per piece, pieces ahead) by server mode: the fastest of
+# 1x8, 2x16, 4x4, 4x8 and 8x4 (Range) and 1x8, 4x8 (no Range) on this machine.
+SEQ_CEILING = {"range": (4, 4), "stream": (1, 8)}
 PHASE_TIMEOUT = 600.0
 
 
@@ -306,6 +310,23 @@ class Bench:
             if cache_dir is None:
                 shutil.rmtree(cache, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def ceiling(self, options: Sequence[str]) -> Iterator[ChildMount]:
+        """scripts/bench_ceiling.py mounted with `options`, page cache dropped once it is up."""
+        n = self._next()
+        c = CeilingMount(
+            self.work / f"ceiling{n}",
+            options,
+            self.work / f"ceiling{n}.log",
+            self.cleanup,
+            env=self.env,
+        ).start()
+        try:
+            drop_page_cache()
+            yield c
+        finally:
+            c.stop()
+
     def cometfs_root(self, m: MountProc, artifact: str) -> Path:
         return m.path / WS / artifact / VERSION
 
@@ -468,22 +489,13 @@ class Bench:
             manifest.write_text(json.dumps({a.logical: self.asset_url(a) for a in files}))
 
             def ceiling8(urls: Path | None) -> Callable[[], float]:
+                options = ["--files", str(len(files)), "--seed", str(SMALL_SEED)]
+                if urls is not None:
+                    options += ["--urls", str(urls)]
+
                 def run() -> float:
-                    n = self._next()
-                    c = CeilingMount(
-                        self.work / f"ceiling{n}",
-                        len(files),
-                        SMALL_SEED,
-                        self.work / f"ceiling{n}.log",
-                        self.cleanup,
-                        urls=urls,
-                        env=self.env,
-                    ).start()
-                    try:
-                        drop_page_cache()
+                    with self.ceiling(options) as c:
                         return len(files) / self.read_parallel(c.path, files, 8)
-                    finally:
-                        c.stop()
 
                 return run
 
@@ -720,6 +732,20 @@ class Bench:
 
             return run
 
+        def ceiling(mode: str) -> Callable[[], float]:
+            options = ["--url", self.asset_url(big, mode), "--size", str(big.size)]
+            options += ["--stream"] if mode == "stream" else []
+            chunk, window = SEQ_CEILING[mode]
+            options += ["--chunk", str(chunk), "--window", str(window)]
+
+            def run() -> float:
+                with self.ceiling(options) as c:
+                    mbs, used = self._cold_seq(c.path / "big.bin", c.pid, big.size)
+                cpu.setdefault(f"ceiling {mode}", []).append(used)
+                return mbs
+
+            return run
+
         contenders: dict[str, Callable[[], Any]] = {
             "cometfs range": seq("range"),
             "curl range": curl("range"),
@@ -730,6 +756,8 @@ class Bench:
             contenders |= {
                 "rclone default": rclone_seq(False),
                 "rclone full": rclone_seq(True),
+                "ceiling range": ceiling("range"),
+                "ceiling stream": ceiling("stream"),
                 "cometfs reread": cometfs_reread,
                 "rclone reread": rclone_reread,
             }
@@ -737,6 +765,12 @@ class Bench:
         med = {k: median(v) for k, v in s.items()}
         gib = f"{big.size / GiB:.3g} GiB" if big.size >= GiB else f"{big.size // MiB} MiB"
         cpu_note = ", ".join(f"{k} {median(v):.2f}" for k, v in cpu.items())
+        ceiling_how = {
+            "range": "--url: {1} ranged GETs of {0} MiB ahead".format(*SEQ_CEILING["range"]),
+            "stream": "--url --stream: one GET, {1} pieces of {0} MiB ahead".format(
+                *SEQ_CEILING["stream"]
+            ),
+        }
         for mode, label, rgoal, dgoal in (
             ("range", "Range server", 1.5, 0.5),
             ("stream", "`--no-range` server", 1.0, 0.0),
@@ -758,6 +792,24 @@ class Bench:
                         samples=self._samples(
                             s, f"cometfs {mode}", "rclone default", "rclone full"
                         ),
+                    )
+                )
+                self.add(
+                    Result(
+                        f"seq_{mode}_ceiling",
+                        f"{what}: a minimal pyfuse3 file system fetching ahead of the "
+                        "reader (the ceiling of a network-backed Python FUSE file system "
+                        "here)",
+                        med[f"ceiling {mode}"],
+                        "MB/s",
+                        "rclone mount (default)",
+                        med["rclone default"],
+                        goal_on="",
+                        notes=f"scripts/bench_ceiling.py {ceiling_how[mode]}, received into "
+                        "their own buffers and replied as views; nothing checked or cached; "
+                        f"{median(cpu[f'ceiling {mode}']):.2f} CPU-s/GiB; "
+                        f"spread {spread(s[f'ceiling {mode}'], 'MB/s')}",
+                        samples=self._samples(s, f"ceiling {mode}", "rclone default"),
                     )
                 )
             self.add(
@@ -1147,8 +1199,10 @@ ORDER = (
     "lat8_sdk",
     "seq_range_rclone",
     "seq_range_direct",
+    "seq_range_ceiling",
     "seq_stream_rclone",
     "seq_stream_direct",
+    "seq_stream_ceiling",
     "reread_rclone_full",
     "ttfb",
     "random1_direct",

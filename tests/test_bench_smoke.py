@@ -5,6 +5,7 @@ Fails when the benchmark breaks: a crash, a missing row, or a row without number
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -71,3 +72,32 @@ def test_bench_smoke_writes_every_row_with_numbers(tmp_path: Path) -> None:
     assert (out.parent / "ratios.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert not (tmp_path / "unused.md").exists()  # smoke never overwrites the docs
     assert not list((tmp_path / "work").iterdir())  # work dir (mounts, caches) cleaned up
+
+
+@pytest.mark.parametrize("mode", ["range", "stream"])
+def test_sequential_ceiling_serves_the_assets_bytes(tmp_path: Path, mode: str) -> None:
+    """The ceiling the cold sequential rows are measured against reads a real asset through
+    FUSE from the local server, byte for byte: a figure from it is not a shortcut's."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
+    from benchlib import Cleanup
+
+    args = bench.parse_args(["--smoke", "--workdir", str(tmp_path)])
+    sizes = bench.sizes_for(args)
+    sizes.small_files = 4
+    work = tmp_path / "work"
+    work.mkdir()
+    cleanup = Cleanup()
+    try:
+        world = bench.Bench(args, sizes, work, cleanup)
+        big = world.assets["big"][0]
+        options = ["--url", world.asset_url(big, mode), "--size", str(big.size)]
+        options += ["--chunk", "1", "--window", "3"] + (["--stream"] if mode == "stream" else [])
+        with world.ceiling(options) as ceiling:
+            served = (ceiling.path / "big.bin").read_bytes()
+        assert len(served) == big.size > 3 << 20
+        assert hashlib.sha256(served).digest() == hashlib.sha256(big.blob.read_bytes()).digest()
+    finally:
+        cleanup.run()
+    assert not any(p.is_mount() for p in work.iterdir())

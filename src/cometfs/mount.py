@@ -247,7 +247,7 @@ async def _run(options: MountOptions, client: CometClient, ready: Callable[[], N
             nursery.start_soon(_trim_malloc_periodically)
             ready()
             # Runs in a thread: its stat() is answered by pyfuse3.main below.
-            nursery.start_soon(trio.to_thread.run_sync, _raise_readahead, options.mountpoint)
+            nursery.start_soon(trio.to_thread.run_sync, raise_readahead, options.mountpoint)
             await pyfuse3.main()
             clean_exit = True
             nursery.cancel_scope.cancel()
@@ -269,7 +269,7 @@ async def _scan_cache(disk: DiskCache) -> None:
         log.warning("disk cache %s could not be scanned; it fills up afresh: %s", disk.root, exc)
 
 
-def _raise_readahead(mountpoint: Path) -> None:
+def raise_readahead(mountpoint: Path) -> None:
     """Best effort: only root may write the mount's bdi setting; others keep the default."""
     try:
         st = os.stat(mountpoint)
