@@ -19,8 +19,6 @@ SPAN = 16
 class ChunkSource:
     """Streams `data` in chunks of `chunk` bytes; counts the streams started."""
 
-    stream_ahead = 0  # the sink gets each chunk as it is made
-
     def __init__(self, data: bytes, chunk: int) -> None:
         self.data = data
         self.chunk = chunk

@@ -322,29 +322,32 @@ class Http:
         size: int | None,
         what: str,
         timeout: float,
-    ) -> Iterator[Buffer]:
+    ) -> Iterator[bytearray]:
         """Yield a body in chunks of `chunk_size` (the last may be shorter); raise
         ProtocolError if it ends before `size` bytes, TransientError if one chunk takes
         longer than `timeout` seconds to arrive.
 
-        Each chunk is a fresh buffer from `allocate` that the caller owns (filled in place,
-        never copied). A whole asset may take far longer than one call's deadline, so each
-        chunk gets its own. No retry: bytes already yielded cannot be taken back, so the
-        caller restarts.
+        Each chunk is a fresh bytearray the caller owns (filled in place, never copied).
+        A whole asset may take far longer than one call's deadline, so each chunk gets its
+        own. No retry: bytes already yielded cannot be taken back, so the caller restarts.
         """
         got = 0
         while True:
             deadline = self.deadline(timeout)
-            buffer = allocate(chunk_size)
+            buffer = bytearray(chunk_size)
+            view = memoryview(buffer)
             try:
-                filled = self.fill(response, memoryview(buffer), what, deadline)
+                filled = self.fill(response, view, what, deadline)
             except Retryable as exc:
                 raise exc.error from None
             got += filled
             if size is not None and got > size:
                 raise ProtocolError(f"{what}: body longer than {size} bytes")
             if filled:
-                yield buffer if filled == chunk_size else memoryview(buffer)[:filled]
+                del view  # a bytearray cannot shrink while a view of it is alive
+                if filled < chunk_size:
+                    del buffer[filled:]
+                yield buffer
             if filled < chunk_size:
                 break
         if size is not None and got != size:

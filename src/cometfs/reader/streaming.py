@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 # Streamed blocks waiting for their disk write; beyond this the download waits for the disk.
 _STREAM_DISK_QUEUE = 8
+# Reserved per running stream, in blocks: the partial block being assembled plus the chunks
+# the source has received ahead of the sink (the store queues two and its worker holds one).
+_STREAM_ALLOWANCE = 4
 # A stream goes on at most this many bytes past the furthest block a reader waited on from
 # it (sequential readers keep extending that), then stops: in stream mode a read costs the
 # bytes up to it plus this readahead, not the whole asset.
@@ -86,8 +89,6 @@ class StreamLoader:
         self._spawn = spawn
         self._disk_trouble = disk_trouble
         self._streams: dict[AssetKey, _Stream] = {}
-        # Reserved per running stream: its partial block and what the source holds ahead.
-        self._allowance = block_size + source.stream_ahead
 
     @property
     def active(self) -> int:
@@ -148,7 +149,7 @@ class StreamLoader:
         """Download the whole asset, landing blocks as they complete. Never raises Exception."""
         key = stream.key
         self._counts["streams"] += 1
-        self._memory.reserve(self._allowance)
+        self._memory.reserve(_STREAM_ALLOWANCE * self._block_size)
         try:
             send, receive = trio.open_memory_channel[_DiskItem](_STREAM_DISK_QUEUE)
             async with trio.open_nursery() as nursery:
@@ -169,7 +170,7 @@ class StreamLoader:
             raise
         finally:
             stream.buffer = None
-            self._memory.release(self._allowance)
+            self._memory.release(_STREAM_ALLOWANCE * self._block_size)
             if self._streams.get(key) is stream:
                 del self._streams[key]
 
