@@ -163,6 +163,7 @@ class SequentialFS(MemoryFS):
         self.total = size
         self.stream = stream
         self.chunk = chunk
+        self.count = -(-size // chunk)  # pieces in the file
         self.window = window
         self.pieces: dict[int, bytearray] = {}
         self.ready: dict[int, trio.Event] = {}
@@ -199,7 +200,7 @@ class SequentialFS(MemoryFS):
 
     async def _pump(self) -> None:
         response = await trio.to_thread.run_sync(self._get, {})
-        for index in range(-(-self.total // self.chunk)):
+        for index in range(self.count):
             while index >= self.furthest + self.window:
                 self.moved = trio.Event()
                 await self.moved.wait()
@@ -208,10 +209,10 @@ class SequentialFS(MemoryFS):
 
     def _ahead(self, first: int) -> None:
         assert self.nursery is not None
-        last = min(first + self.window, -(-self.total // self.chunk))
+        last = min(first + self.window, self.count)
         if self.stream:
             if not self.ready:
-                self.ready = {i: trio.Event() for i in range(-(-self.total // self.chunk))}
+                self.ready = {i: trio.Event() for i in range(self.count)}
                 self.nursery.start_soon(self._pump)
             return
         for index in range(first, last):

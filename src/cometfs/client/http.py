@@ -171,7 +171,7 @@ class Http:
         self.count(endpoint)
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
-        first = url
+        origin = _origin(url)
         response = self._send(url, headers, auth, deadline, what)
         hops = 0
         while follow_redirects and response.status in _REDIRECTS:
@@ -180,7 +180,7 @@ class Http:
                 break
             self.discard(response, deadline)
             url = urljoin(url, location)
-            auth = auth and _origin(url) == _origin(first)
+            auth = auth and _origin(url) == origin
             response = self._send(url, headers, auth, deadline, what)
             hops += 1
         # Only the endpoint and parameters: a blob URL may carry a signature.
