@@ -56,6 +56,8 @@ class Source:
         self.cpu += time.process_time() - began
         return out
 
+    stream_ahead = 0  # never streams
+
     async def stream(self, key: AssetKey, sink: object) -> None:
         raise NotImplementedError
 

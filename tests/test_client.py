@@ -509,6 +509,23 @@ def test_stream_small_and_empty_chunking(setup: Setup) -> None:
         assert b"".join(chunks) == HELLO
 
 
+def test_stream_chunks_are_sized_to_what_is_left(setup: Setup) -> None:
+    """A chunk never maps more than the rest of the body: a small asset gets a small buffer."""
+    (hello,) = [a for a in setup.client.assets(WS, "images", "1.0.0") if a.size == len(HELLO)]
+    with setup.client.stream(
+        hello.asset_id, hello.artifact_version_id, chunk_size=2 << 20, expected_size=len(HELLO)
+    ) as chunks:
+        (only,) = list(chunks)
+    assert isinstance(only, bytearray) and only == HELLO
+    asset = big_asset(setup.client)
+    chunk = 256 * 1024
+    with setup.client.stream(
+        asset.asset_id, asset.artifact_version_id, chunk_size=chunk, expected_size=len(BIG)
+    ) as chunks:
+        sizes = [memoryview(c).nbytes for c in chunks]
+    assert sizes[:-1] == [chunk] * (len(sizes) - 1) and sum(sizes) == len(BIG)
+
+
 def test_read_range_retries_one_500(setup: Setup, mode: str) -> None:
     asset = big_asset(setup.client)
     setup.server.faults.add(FaultRule("get-asset", "status", status=500, count=1))

@@ -74,6 +74,8 @@ class FakeSource:
     sizes behind a Gate, fail a stream midway, or answer with the wrong length.
     """
 
+    stream_ahead = 0  # the sink gets each chunk as it is made
+
     def __init__(
         self,
         *,

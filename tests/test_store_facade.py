@@ -147,9 +147,9 @@ def test_stream_hands_chunks_to_the_sink_on_the_trio_thread() -> None:
     trio_thread = []
     chunks: list[bytes] = []
 
-    async def sink(chunk: bytes) -> None:
+    async def sink(chunk: bytearray | memoryview) -> None:
         trio_thread.append(threading.get_ident())
-        chunks.append(chunk)
+        chunks.append(bytes(chunk))
 
     async def main() -> None:
         await store.stream(AssetKey("v", "a", 4), sink)

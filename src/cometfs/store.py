@@ -53,9 +53,14 @@ CACHE_ENTRIES = 4096
 # Threads for range reads (the reader's default parallel fetches match it); the client's
 # connection pool keeps at least this many plus the metadata and stream threads.
 FETCH_THREADS = 32
-# Chunks (1 MiB each) a stream may have received ahead of the reader; part of the reader's
-# per-stream allowance in its memory budget.
-_STREAM_CHUNKS_QUEUED = 2
+# A stream is received in chunks of 2 MiB, each its own mapping in one huge page: 1 MiB
+# heap bytearrays were zeroed and faulted in 4 KiB pages under the GIL, and freed in any
+# order they left the heap fragmented (the --no-range soak peaked ~130 MiB above what the
+# reader counted). A chunk is two blocks, so a cached block holds at most 1 MiB beside it.
+# One chunk waits for the reader while the worker fills the next; both count in the
+# reader's per-stream allowance (`Store.stream_ahead`).
+STREAM_CHUNK = 2 << 20
+_STREAM_CHUNKS_QUEUED = 1
 
 
 class RestClient(Protocol):
@@ -111,6 +116,9 @@ _MISSING = _Entry(at=float("-inf"))
 
 class Store:
     """Cached, single-flight async access to one Comet server."""
+
+    # The chunks a stream queues for the reader, and the one its worker is filling.
+    stream_ahead = (_STREAM_CHUNKS_QUEUED + 1) * STREAM_CHUNK
 
     def __init__(
         self,
@@ -272,17 +280,17 @@ class Store:
             limiter=self._fetch_limiter,
         )
 
-    async def stream(self, key: AssetKey, sink: Callable[[bytes], Awaitable[None]]) -> None:
+    async def stream(self, key: AssetKey, sink: Callable[[Buffer], Awaitable[None]]) -> None:
         token = trio.lowlevel.current_trio_token()
         # A few chunks in a bounded channel let the worker receive the next chunk while the
         # trio thread cuts the last one into blocks; a full channel is the reader's
         # backpressure. Handing a chunk over is a cheap synchronous hop unless it is full.
-        send, receive = trio.open_memory_channel[bytes](_STREAM_CHUNKS_QUEUED)
+        send, receive = trio.open_memory_channel[Buffer](_STREAM_CHUNKS_QUEUED)
 
         def pump() -> None:
             try:
                 with self._client.stream(
-                    key.asset_id, key.version_id, expected_size=key.size
+                    key.asset_id, key.version_id, chunk_size=STREAM_CHUNK, expected_size=key.size
                 ) as chunks:
                     for chunk in chunks:
                         try:

@@ -229,9 +229,9 @@ class CometClient:
         *,
         chunk_size: int = 1 << 20,
         expected_size: int | None = None,
-    ) -> Iterator[Iterator[bytearray]]:
+    ) -> Iterator[Iterator[Buffer]]:
         """A context manager giving the whole asset body as an iterator of chunks (each a
-        fresh bytearray of `chunk_size` bytes, the last one shorter).
+        fresh buffer of `chunk_size` bytes, the last one shorter).
 
         The first request is retried within the call's deadline; then each chunk must
         arrive within `timeout`. A failure mid-body is not retried (the caller restarts).
@@ -263,7 +263,7 @@ class CometClient:
         finally:
             self._http.release(response)
 
-    def _checked(self, chunks: Iterator[bytearray], digest: str, what: str) -> Iterator[bytearray]:
+    def _checked(self, chunks: Iterator[Buffer], digest: str, what: str) -> Iterator[Buffer]:
         """Pass chunks through, hashing them; StaleError at the end if the hash differs."""
         sha = hashlib.sha256()
         for chunk in chunks:

@@ -322,33 +322,33 @@ class Http:
         size: int | None,
         what: str,
         timeout: float,
-    ) -> Iterator[bytearray]:
+    ) -> Iterator[Buffer]:
         """Yield a body in chunks of `chunk_size` (the last may be shorter); raise
         ProtocolError if it ends before `size` bytes, TransientError if one chunk takes
         longer than `timeout` seconds to arrive.
 
-        Each chunk is a fresh bytearray the caller owns (filled in place, never copied).
-        A whole asset may take far longer than one call's deadline, so each chunk gets its
-        own. No retry: bytes already yielded cannot be taken back, so the caller restarts.
+        Each chunk is a fresh buffer from `allocate` that the caller owns (filled in place,
+        never copied), no larger than what is left of `size`, so a small asset never maps a
+        whole chunk. A whole asset may take far longer than one call's deadline, so each
+        chunk gets its own. No retry: bytes already yielded cannot be taken back, so the
+        caller restarts.
         """
         got = 0
         while True:
             deadline = self.deadline(timeout)
-            buffer = bytearray(chunk_size)
-            view = memoryview(buffer)
+            # Past `size`, one more byte tells a body that runs on from one that ended.
+            want = chunk_size if size is None else max(1, min(chunk_size, size - got))
+            buffer = allocate(want)
             try:
-                filled = self.fill(response, view, what, deadline)
+                filled = self.fill(response, memoryview(buffer), what, deadline)
             except Retryable as exc:
                 raise exc.error from None
             got += filled
             if size is not None and got > size:
                 raise ProtocolError(f"{what}: body longer than {size} bytes")
             if filled:
-                del view  # a bytearray cannot shrink while a view of it is alive
-                if filled < chunk_size:
-                    del buffer[filled:]
-                yield buffer
-            if filled < chunk_size:
+                yield buffer if filled == want else memoryview(buffer)[:filled]
+            if filled < want:
                 break
         if size is not None and got != size:
             raise ProtocolError(f"{what}: body cut short at {got} of {size} bytes")

@@ -28,6 +28,10 @@ WHOLE = -1
 class ByteSource(Protocol):
     """Where bytes come from when no cache has them; implemented by the async store facade."""
 
+    # Bytes of a stream the source may hold received but not yet given to the sink: part of
+    # the reader's allowance for each running stream in its memory budget.
+    stream_ahead: int
+
     async def fetch_range(self, key: AssetKey, start: int, end: int) -> Buffer:
         """Bytes [start, end) exactly (any bytes-like object, never modified afterwards);
         may raise RangeNotSupported and any CometFSError."""

@@ -103,6 +103,7 @@ _COUNTERS = (
     "bytes_streamed",
     "stream_errors",
     "streams_cut",
+    "streams_restarted",
     "disk_errors",
     "memory_waits",
     "files_prefetched",

@@ -5,7 +5,9 @@ StreamLoader the slots it cannot fetch by range (`load`); each asset is streamed
 start, once at a time, up to _STREAM_AHEAD bytes past the furthest block a reader waits for,
 cut into blocks as the bytes arrive (chunks that line up with blocks are used as
 they are, others copied once into the block's buffer); every block lands in the caches and
-wakes its waiters at once. A chunk slot waits for its block and is cut from it.
+wakes its waiters at once. A chunk slot waits for its block and is cut from it. A stream
+that breaks while readers wait on it is started again for them, at most _STREAM_RESTARTS
+times, as a Range fetch would have been retried.
 
 Memory: a running stream reserves room for its partial block and what the source holds
 ahead of it; streamed blocks queued for the disk stay counted until written, and the bounded
@@ -33,13 +35,14 @@ logger = logging.getLogger(__name__)
 
 # Streamed blocks waiting for their disk write; beyond this the download waits for the disk.
 _STREAM_DISK_QUEUE = 8
-# Reserved per running stream, in blocks: the partial block being assembled plus the chunks
-# the source has received ahead of the sink (the store queues two and its worker holds one).
-_STREAM_ALLOWANCE = 4
 # A stream goes on at most this many bytes past the furthest block a reader waited on from
 # it (sequential readers keep extending that), then stops: in stream mode a read costs the
 # bytes up to it plus this readahead, not the whole asset.
 _STREAM_AHEAD = 8 << 20
+# A stream that breaks (connection lost, body cut short) while readers wait on it is started
+# again this many times for them before they see the error: a whole-asset GET cannot resume
+# where it broke, and one reset must not fail a read that a Range fetch would have retried.
+_STREAM_RESTARTS = 2
 
 _DiskItem = tuple[int, memoryview, "Slot | None"]
 Spawn = Callable[..., None]
@@ -61,6 +64,7 @@ class _Stream:
     disk_queue: trio.MemorySendChannel[_DiskItem] | None = None
     furthest: int = -1  # the furthest block a reader has waited on from this stream
     cut: bool = False  # stopped early: no reader waited on anything near its position
+    restarts: int = 0  # how many broken streams of this asset came before this one
 
 
 class StreamLoader:
@@ -89,6 +93,8 @@ class StreamLoader:
         self._spawn = spawn
         self._disk_trouble = disk_trouble
         self._streams: dict[AssetKey, _Stream] = {}
+        # Reserved per running stream: its partial block and what the source holds ahead.
+        self._allowance = block_size + source.stream_ahead
 
     @property
     def active(self) -> int:
@@ -123,7 +129,7 @@ class StreamLoader:
         offset = slot.start - block_slot.start
         self._slots.complete(piece, slot, block[offset : offset + slot.nbytes], linger=False)
 
-    def _attach(self, key: AssetKey, slots: dict[int, Slot]) -> None:
+    def _attach(self, key: AssetKey, slots: dict[int, Slot], restarts: int = 0) -> None:
         """Have the asset's running stream fill the slots, or start one for those it passed."""
         stream = self._streams.get(key)
         behind: dict[int, Slot] = {}
@@ -141,7 +147,7 @@ class StreamLoader:
             else:
                 behind[index] = slot
         if behind:
-            stream = _Stream(key, waiting=behind, furthest=max(behind))
+            stream = _Stream(key, waiting=behind, furthest=max(behind), restarts=restarts)
             self._streams[key] = stream
             self._spawn(self._run, stream)
 
@@ -149,7 +155,9 @@ class StreamLoader:
         """Download the whole asset, landing blocks as they complete. Never raises Exception."""
         key = stream.key
         self._counts["streams"] += 1
-        self._memory.reserve(_STREAM_ALLOWANCE * self._block_size)
+        # A small asset's stream holds at most its bytes twice: chunks, and a block cut from them.
+        allowance = min(self._allowance, 2 * key.size)
+        self._memory.reserve(allowance)
         try:
             send, receive = trio.open_memory_channel[_DiskItem](_STREAM_DISK_QUEUE)
             async with trio.open_nursery() as nursery:
@@ -161,7 +169,10 @@ class StreamLoader:
             if stream.overlong:
                 await self._purge(key)
             if stream.error is not None:
-                self._fail(stream, stream.error)
+                if self._restartable(stream):
+                    self._restart(stream)
+                else:
+                    self._fail(stream, stream.error)
         except Exception as exc:
             logger.exception("unexpected error streaming %s", key)
             self._fail(stream, exc)
@@ -170,7 +181,7 @@ class StreamLoader:
             raise
         finally:
             stream.buffer = None
-            self._memory.release(_STREAM_ALLOWANCE * self._block_size)
+            self._memory.release(allowance)
             if self._streams.get(key) is stream:
                 del self._streams[key]
 
@@ -307,6 +318,30 @@ class StreamLoader:
                 await trio.to_thread.run_sync(self._disk.discard, key)
             except OSError as exc:
                 self._disk_trouble("discard", exc)
+
+    def _restartable(self, stream: _Stream) -> bool:
+        """Whether the stream broke in a way a new request may not, with readers waiting."""
+        return (
+            bool(stream.waiting)
+            and not stream.overlong
+            and stream.restarts < _STREAM_RESTARTS
+            and isinstance(stream.error, TransientError | ProtocolError)
+        )
+
+    def _restart(self, stream: _Stream) -> None:
+        """Hand the stream's waiting slots to a new stream of the asset (or to one a reader
+        started meanwhile); blocks that already landed are cached and land again harmlessly."""
+        self._counts["streams_restarted"] += 1
+        logger.debug(
+            "stream of %s broke at byte %d: %r; restarting",
+            stream.key,
+            stream.received,
+            stream.error,
+        )
+        waiting, stream.waiting = stream.waiting, {}
+        if self._streams.get(stream.key) is stream:
+            del self._streams[stream.key]
+        self._attach(stream.key, waiting, restarts=stream.restarts + 1)
 
     def _fail(self, stream: _Stream, error: BaseException) -> None:
         self._counts["stream_errors"] += 1
