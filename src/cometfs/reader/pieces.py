@@ -137,12 +137,7 @@ class SlotTable:
 
 def disk_get_many(disk: DiskCache, key: AssetKey, lengths: dict[int, int]) -> dict[int, bytes]:
     """Worker thread: the blocks the disk cache holds, by index."""
-    found: dict[int, bytes] = {}
-    for index, length in lengths.items():
-        data = disk.get(key, index, length)
-        if data is not None:
-            found[index] = data
-    return found
+    return disk.get_many(key, lengths)
 
 
 def disk_put_batch(
