@@ -17,6 +17,7 @@ different asset: everything cached of it is dropped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -278,30 +279,34 @@ class StreamLoader:
     async def _write_blocks(
         self, key: AssetKey, receive: trio.MemoryReceiveChannel[_DiskItem]
     ) -> None:
+        """Write queued blocks; all those waiting when the disk is free go in one call."""
         async with receive:
             try:
-                async for index, data, slot in receive:
-                    await self._write_block(key, index, data, slot)
+                async for item in receive:
+                    batch = [item]
+                    with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                        while True:
+                            batch.append(receive.receive_nowait())
+                    await self._write_batch(key, batch)
             finally:
                 # Cancelled: give back what the unwritten blocks held.
-                while True:
-                    try:
-                        index, data, slot = receive.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    self._memory.unhold(data)
-                    if slot is not None:
-                        self._slots.forget((key, index, WHOLE), slot)
+                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                    while True:
+                        self._written(key, [receive.receive_nowait()])
 
-    async def _write_block(
-        self, key: AssetKey, index: int, data: memoryview, slot: Slot | None
-    ) -> None:
+    async def _write_batch(self, key: AssetKey, batch: list[_DiskItem]) -> None:
         try:
             if self._disk is not None:
-                await trio.to_thread.run_sync(disk_put_many, self._disk, key, {index: data})
+                blocks = {index: data for index, data, _ in batch}
+                await trio.to_thread.run_sync(disk_put_many, self._disk, key, blocks)
         except OSError as exc:
             self._disk_trouble("write", exc)
         finally:
+            self._written(key, batch)
+
+    def _written(self, key: AssetKey, batch: list[_DiskItem]) -> None:
+        """The blocks are on disk (or given up): release their memory and slots."""
+        for index, data, slot in batch:
             self._memory.unhold(data)
             if slot is not None:
                 self._slots.forget((key, index, WHOLE), slot)
