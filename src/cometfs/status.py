@@ -157,11 +157,13 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def directory_bytes(path: Path) -> int:
+    """The disk space the files under `path` take, as `du` counts it: cache files are sparse,
+    so their length says little."""
     total = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
             try:
-                total += os.lstat(os.path.join(root, name)).st_size
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
             except OSError:
                 continue  # evicted while we looked
     return total
