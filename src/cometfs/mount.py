@@ -31,6 +31,7 @@ import trio
 
 from cometfs import __version__
 from cometfs.client import CometClient
+from cometfs.client.buffers import release_unused
 from cometfs.config import DEFAULT_METADATA_TTL, Config
 from cometfs.deadlines import Guard
 from cometfs.errors import CometFSError, NotFound, TransientError, Unauthorized
@@ -179,18 +180,20 @@ def _status(
     return status
 
 
-async def _trim_malloc_periodically(period: float = _TRIM_PERIOD) -> None:
-    """Best effort, glibc only: hand memory freed inside malloc's heaps back to the kernel.
-
-    1 MiB buffers freed on many threads leave holes that malloc keeps; malloc_trim returns
-    their pages (a few milliseconds of work every few seconds, off the trio thread)."""
+async def _return_memory_periodically(period: float = _TRIM_PERIOD) -> None:
+    """Hand memory nothing uses any more back to the kernel, off the trio thread: receive
+    buffers kept for recycling (`release_unused`) and, with glibc, memory freed inside
+    malloc's heaps, where 1 MiB buffers freed on many threads leave holes (malloc_trim: a
+    few milliseconds of work every few seconds)."""
     try:
         trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        return
+        trim = None
     while True:
         await trio.sleep(period)
-        await trio.to_thread.run_sync(trim, 0)
+        await trio.to_thread.run_sync(release_unused)
+        if trim is not None:
+            await trio.to_thread.run_sync(trim, 0)
 
 
 def _limit_malloc_arenas() -> None:
@@ -244,7 +247,7 @@ async def _run(options: MountOptions, client: CometClient, ready: Callable[[], N
             nursery.start_soon(on_signal)
             nursery.start_soon(guard.watch)
             nursery.start_soon(_scan_cache, disk)
-            nursery.start_soon(_trim_malloc_periodically)
+            nursery.start_soon(_return_memory_periodically)
             ready()
             # Runs in a thread: its stat() is answered by pyfuse3.main below.
             nursery.start_soon(trio.to_thread.run_sync, raise_readahead, options.mountpoint)
