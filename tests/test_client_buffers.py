@@ -44,23 +44,37 @@ def test_a_big_buffer_is_zeroed_writable_and_its_memory_goes_back_when_dropped()
     assert _rss_kib() - before < 4 * 1024
 
 
+def _recycled(size: int) -> memoryview:
+    buffer = allocate(size, recycle=True)
+    assert isinstance(buffer, memoryview)  # of a mapping
+    return buffer
+
+
 def test_a_chunk_nothing_views_is_recycled_and_one_still_viewed_never_is() -> None:
     release_unused()
-    first = allocate(RECYCLED_MAX)
+    first = _recycled(RECYCLED_MAX)
     first[:5] = b"first"
     first_id = id(first.obj)
     kept = first[:5].toreadonly()  # a block the reader keeps
     del first
-    second = allocate(RECYCLED_MAX)
+    second = _recycled(RECYCLED_MAX)
     assert id(second.obj) != first_id, "a mapping that is still viewed is never handed out"
     second[:5] = b"other"
-    assert kept == b"first"
+    assert bytes(kept) == b"first"
     second_id = id(second.obj)
     del second
-    third = allocate(RECYCLED_MAX)
+    third = _recycled(RECYCLED_MAX)
     assert id(third.obj) == second_id, "an unviewed mapping of the same size is reused"
     del third, kept
     assert release_unused() == 2
+    assert release_unused() == 0
+
+
+def test_a_buffer_not_asked_to_be_recycled_is_never_kept() -> None:
+    release_unused()
+    buffer = allocate(RECYCLED_MAX)
+    assert bytes(buffer) == bytes(RECYCLED_MAX)
+    del buffer
     assert release_unused() == 0
 
 
@@ -68,12 +82,12 @@ def test_unviewed_mappings_beyond_a_few_are_unmapped_at_once() -> None:
     release_unused()
     gc.collect()
     before = _rss_kib()
-    views = [allocate(RECYCLED_MAX) for _ in range(40)]
+    views = [_recycled(RECYCLED_MAX) for _ in range(40)]
     for view in views:
         view[::4096] = b"x" * (RECYCLED_MAX // 4096)
     assert _rss_kib() - before > 70 * 1024
     views.clear()
-    allocate(MAPPED_MIN + 1)  # any allocation of a recycled size sweeps the list
+    allocate(MAPPED_MIN + 1, recycle=True)  # any recycled allocation sweeps the list
     assert _rss_kib() - before < 16 * 1024  # at most four kept, 8 MiB
     release_unused()
     assert _rss_kib() - before < 4 * 1024

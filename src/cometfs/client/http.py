@@ -327,7 +327,7 @@ class Http:
         ProtocolError if it ends before `size` bytes, TransientError if one chunk takes
         longer than `timeout` seconds to arrive.
 
-        Each chunk is a fresh buffer from `allocate` that the caller owns (filled in place,
+        Each chunk is a buffer from `allocate` (recycled) that the caller owns (filled in place,
         never copied), no larger than what is left of `size`, so a small asset never maps a
         whole chunk. A whole asset may take far longer than one call's deadline, so each
         chunk gets its own. No retry: bytes already yielded cannot be taken back, so the
@@ -338,7 +338,7 @@ class Http:
             deadline = self.deadline(timeout)
             # Past `size`, one more byte tells a body that runs on from one that ended.
             want = chunk_size if size is None else max(1, min(chunk_size, size - got))
-            buffer = allocate(want)
+            buffer = allocate(want, recycle=True)
             try:
                 filled = self.fill(response, memoryview(buffer), what, deadline)
             except Retryable as exc:
