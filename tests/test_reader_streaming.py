@@ -141,12 +141,9 @@ def test_a_stream_that_keeps_breaking_fails_its_waiters_after_two_restarts() -> 
         pieces = [((key, 0, WHOLE), 0, 64), ((key, 3, WHOLE), 192, 200)]
         slots, counts, _, table = await _load(source, key, pieces)
         assert bytes(await slots[0].wait()) == bytes(64)
-        try:
+        with pytest.raises(TransientError) as failed:
             await slots[1].wait()
-        except TransientError as exc:
-            assert exc is source.error
-        else:
-            raise AssertionError("the block past the break must fail")
+        assert failed.value is source.error
         assert counts["streams_restarted"] == 2 and counts["stream_errors"] == 1
         assert len(table) == 0
 
@@ -163,12 +160,8 @@ def test_a_stream_whose_bytes_changed_is_not_started_again() -> None:
     async def main() -> None:
         pieces = [((key, 3, WHOLE), 192, 200)]
         slots, counts, _, _ = await _load(source, key, pieces)
-        try:
+        with pytest.raises(StaleError):
             await slots[0].wait()
-        except StaleError:
-            pass
-        else:
-            raise AssertionError("a stale stream must fail its waiters")
         assert counts["streams_restarted"] == 0
 
     trio.run(main)
