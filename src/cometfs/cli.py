@@ -59,7 +59,8 @@ def _add_cache_options(command: argparse.ArgumentParser) -> None:
         type=parse_size,
         default=DEFAULT_CACHE_SIZE,
         metavar="SIZE",
-        help="disk cache bound, LRU eviction, e.g. 512M or 50G (default: 10G)",
+        help=f"disk cache bound, LRU eviction, e.g. 512M or 50G "
+        f"(default: {DEFAULT_CACHE_SIZE >> 30}G)",
     )
 
 
