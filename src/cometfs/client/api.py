@@ -231,7 +231,7 @@ class CometClient:
         expected_size: int | None = None,
     ) -> Iterator[Iterator[Buffer]]:
         """A context manager giving the whole asset body as an iterator of chunks (each a
-        fresh buffer of `chunk_size` bytes, the last one shorter).
+        buffer of `chunk_size` bytes, recycled once nothing views it, the last one shorter).
 
         The first request is retried within the call's deadline; then each chunk must
         arrive within `timeout`. A failure mid-body is not retried (the caller restarts).

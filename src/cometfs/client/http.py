@@ -329,9 +329,9 @@ class Http:
 
         Each chunk is a recycled buffer from `allocate` that the caller owns (filled in
         place, never copied), no larger than what is left of `size`, so a small asset never
-        maps a whole chunk. A whole asset may take far longer than one call's deadline, so each
-        chunk gets its own. No retry: bytes already yielded cannot be taken back, so the
-        caller restarts.
+        maps a whole chunk. A whole asset may take far longer than one call's deadline, so
+        each chunk gets its own. No retry: bytes already yielded cannot be taken back, so
+        the caller restarts.
         """
         got = 0
         while True:

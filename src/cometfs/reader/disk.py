@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from cometfs.model import AssetKey
 from cometfs.reader.cachedir import Ledger, open_private_dir, owned_by_us
@@ -133,8 +133,19 @@ class _Geometry:
         return _HEADER.pack(_HEADER_MAGIC, self.size, self.block_size)
 
 
-# One block to write: its asset file (path and descriptor), where it goes, its bytes.
-_Write = tuple[Path, int, _Geometry, int, memoryview]
+class _Write(NamedTuple):
+    """One block to write: its asset file (path and descriptor), where it goes, its bytes."""
+
+    path: Path
+    fd: int
+    geometry: _Geometry
+    block: int  # its index
+    view: memoryview
+
+    @property
+    def booked(self) -> int:
+        """What the block takes of the capacity: its bytes and its record."""
+        return self.view.nbytes + _RECORD.size
 
 
 class DiskCache:
@@ -272,7 +283,7 @@ class DiskCache:
         files: dict[Path, int] = {}
         try:
             todo = self._open_for_writing(wanted, files, errors)
-            total = sum(view.nbytes + _RECORD.size for _, _, _, _, view in todo)
+            total = sum(write.booked for write in todo)
             if not todo or not self._space_for(total, len(todo)):
                 return errors
             with self._ledger.locked() as ledger:
@@ -280,21 +291,21 @@ class DiskCache:
                     self._measure_and_evict(ledger, self._low_water - total)
                     # Writes in flight (this process's) cannot be evicted: store what fits.
                     todo = _fitting(todo, self.capacity - ledger.read())
-                    total = sum(view.nbytes + _RECORD.size for _, _, _, _, view in todo)
+                    total = sum(write.booked for write in todo)
                 self._usage = ledger.add(total)
                 with self._lock:
                     self._booked_unwritten += total
             stored = 0
             written: list[tuple[Path, int]] = []
             try:
-                for path, fd, geometry, index, view in todo:
+                for write in todo:
                     try:
-                        _write_block(fd, geometry, index, view)
+                        _write_block(write.fd, write.geometry, write.block, write.view)
                     except OSError as exc:
                         errors.append(exc)
                     else:
-                        written.append((path, index))
-                        stored += view.nbytes + _RECORD.size
+                        written.append((write.path, write.block))
+                        stored += write.booked
             finally:
                 with self._lock:
                     # After the writes: a measurement may count them twice, never not at all.
@@ -413,7 +424,7 @@ class DiskCache:
                     with self._lock:
                         self._index.add((path, index))
                 else:
-                    todo.append((path, fd, geometry, index, view))
+                    todo.append(_Write(path, fd, geometry, index, view))
         return todo
 
     def _open_asset_file(self, path: Path, geometry: _Geometry) -> int:
@@ -566,7 +577,7 @@ def _fitting(todo: list[_Write], room: int) -> list[_Write]:
     """The leading writes whose blocks and records fit in `room` bytes."""
     kept: list[_Write] = []
     for write in todo:
-        room -= write[4].nbytes + _RECORD.size
+        room -= write.booked
         if room < 0:
             break
         kept.append(write)

@@ -135,11 +135,6 @@ class SlotTable:
             del self._inflight[piece]
 
 
-def disk_get_many(disk: DiskCache, key: AssetKey, lengths: dict[int, int]) -> dict[int, bytes]:
-    """Worker thread: the blocks the disk cache holds, by index."""
-    return disk.get_many(key, lengths)
-
-
 def disk_put_batch(
     disk: DiskCache, batch: list[tuple[AssetKey, dict[int, memoryview]]]
 ) -> list[OSError]:

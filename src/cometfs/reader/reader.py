@@ -71,7 +71,6 @@ from cometfs.reader.pieces import (
     Piece,
     Slot,
     SlotTable,
-    disk_get_many,
     disk_put_batch,
 )
 from cometfs.reader.streaming import StreamLoader
@@ -515,7 +514,7 @@ class AssetReader:
         if not lengths:
             return slots
         try:
-            found = await trio.to_thread.run_sync(disk_get_many, disk, key, lengths)
+            found = await trio.to_thread.run_sync(disk.get_many, key, lengths)
         except OSError as exc:
             self._disk_trouble("read", exc)
             return slots
