@@ -111,12 +111,15 @@ async def small_file_cpu() -> None:
 
 
 class Client:
-    """The two byte calls of the REST client, answered from memory on worker threads."""
+    """The two byte calls of the REST client, answered from memory (streams on worker
+    threads, as the real client's)."""
 
     def __init__(self, ranges: bool) -> None:
         self.ranges = ranges
 
-    def read_range(self, asset_id: str, version_id: str, start: int, end: int, **_: Any) -> Any:
+    async def read_range(
+        self, asset_id: str, version_id: str, start: int, end: int, **_: Any
+    ) -> Any:
         if not self.ranges:
             raise RangeNotSupported("this fake server ignores Range")
         return bytearray(end - start)

@@ -6,15 +6,16 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import trio
 
 import cometfs
 from cometfs.client import CometClient
+from cometfs.client.async_transport import AsyncTransport
 from cometfs.client.transport import Transport
 from cometfs.errors import (
     NotFound,
@@ -34,6 +35,7 @@ from cometfs.server import (
     VersionSpec,
     parse_faults,
 )
+from cometfs.testing import read_range_blocking
 
 MiB = 1 << 20
 WS = "ml-team"
@@ -266,7 +268,10 @@ def test_name_with_space_and_plus(connect: Callable[..., Setup]) -> None:
     assert setup.server.request_log[-1]["params"]["artifactName"] == "my%20data%2Bset"
     (asset,) = client.assets(WS, ODD_NAME, "0.1.0")
     assert asset.logical_path == "a b+c.txt"
-    assert bytes(client.read_range(asset.asset_id, asset.artifact_version_id, 0, 3)) == b"odd"
+    assert (
+        bytes(read_range_blocking(client, asset.asset_id, asset.artifact_version_id, 0, 3))
+        == b"odd"
+    )
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -283,7 +288,7 @@ def test_not_found(connect: Callable[..., Setup]) -> None:
         lambda: client.assets(WS, "images", "9.9.9"),
         lambda: client.artifacts("no-such-ws"),
         lambda: client.experiment_metadata("no-such-experiment"),
-        lambda: client.read_range("0" * 32, "no-such-version", 0, 1),
+        lambda: read_range_blocking(client, "0" * 32, "no-such-version", 0, 1),
     ]
     for call in calls:
         with pytest.raises(NotFound):
@@ -300,7 +305,7 @@ def test_wrong_key_is_unauthorized(connect: Callable[..., Setup], world: World) 
     with pytest.raises(Unauthorized):
         setup.client.artifact_version(WS, "images")
     with pytest.raises(Unauthorized):
-        setup.client.read_range("a" * 32, world.images_v1, 0, 10)
+        read_range_blocking(setup.client, "a" * 32, world.images_v1, 0, 10)
     assert setup.count("workspaces") == 1 and setup.sleeps == []
 
 
@@ -385,14 +390,17 @@ def test_read_range_exact_bytes(setup: Setup, mode: str) -> None:
     asset = big_asset(client)
     assert client.byte_mode == "unknown"
     # The whole asset is fine in every mode, even from a server that ignores Range.
-    assert bytes(client.read_range(asset.asset_id, asset.artifact_version_id, 0, len(BIG))) == BIG
+    assert (
+        bytes(read_range_blocking(client, asset.asset_id, asset.artifact_version_id, 0, len(BIG)))
+        == BIG
+    )
     for start, end in windows(len(BIG)):
         if mode == "no-range":
             with pytest.raises(RangeNotSupported):
-                client.read_range(asset.asset_id, asset.artifact_version_id, start, end)
+                read_range_blocking(client, asset.asset_id, asset.artifact_version_id, start, end)
             continue
-        data = client.read_range(
-            asset.asset_id, asset.artifact_version_id, start, end, expected_size=len(BIG)
+        data = read_range_blocking(
+            client, asset.asset_id, asset.artifact_version_id, start, end, expected_size=len(BIG)
         )
         assert bytes(data) == BIG[start:end], (start, end)
     assert client.byte_mode == DETECTED[mode]
@@ -403,12 +411,12 @@ def test_no_range_server_is_detected_once(connect: Callable[..., Setup]) -> None
     setup = connect(**BYTE_MODES["no-range"])
     asset = big_asset(setup.client)
     with pytest.raises(RangeNotSupported):
-        setup.client.read_range(asset.asset_id, asset.artifact_version_id, 10, 20)
+        read_range_blocking(setup.client, asset.asset_id, asset.artifact_version_id, 10, 20)
     assert setup.client.byte_mode == "stream"
     sent = setup.count("get-asset")
     # From now on no request is made; the caller streams instead.
     with pytest.raises(RangeNotSupported):
-        setup.client.read_range(asset.asset_id, asset.artifact_version_id, 0, len(BIG))
+        read_range_blocking(setup.client, asset.asset_id, asset.artifact_version_id, 0, len(BIG))
     assert setup.count("get-asset") == sent == 1
     # The 200 was closed unread, not downloaded: far fewer bytes than the asset arrived.
     assert setup.client.counters().get("bytes_received", 0) < len(BIG)
@@ -416,7 +424,7 @@ def test_no_range_server_is_detected_once(connect: Callable[..., Setup]) -> None
 
 def test_range_request_params_per_mode(setup: Setup, mode: str) -> None:
     asset = big_asset(setup.client)
-    setup.client.read_range(asset.asset_id, asset.artifact_version_id, 0, len(BIG))
+    read_range_blocking(setup.client, asset.asset_id, asset.artifact_version_id, 0, len(BIG))
     first = setup.server.request_log.entries("get-asset")[0]
     assert first["params"]["allow301"] == "True"
     assert first["params"]["experimentKey"] == ""
@@ -433,7 +441,9 @@ def test_redirect_blob_url_is_reused_and_reresolved(connect: Callable[..., Setup
     asset = big_asset(client)
 
     def read(start: int, end: int) -> bytes:
-        return bytes(client.read_range(asset.asset_id, asset.artifact_version_id, start, end))
+        return bytes(
+            read_range_blocking(client, asset.asset_id, asset.artifact_version_id, start, end)
+        )
 
     assert read(0, 10) == BIG[:10]
     assert read(10, 20) == BIG[10:20]
@@ -450,15 +460,26 @@ def test_key_goes_only_to_the_api(
 ) -> None:
     sent: list[tuple[str, str | None, str | None]] = []
     real_request = Transport.request
+    real_async_request = AsyncTransport.request
+
+    def note(url: str, headers: Mapping[str, str]) -> None:
+        sent.append((urlsplit(url).path, headers.get("Authorization"), headers.get("User-Agent")))
 
     def spy(self: Transport, url: str, headers: Mapping[str, str], **kwargs: Any) -> Any:
-        sent.append((urlsplit(url).path, headers.get("Authorization"), headers.get("User-Agent")))
+        note(url, headers)
         return real_request(self, url, headers, **kwargs)
 
+    async def async_spy(
+        self: AsyncTransport, url: str, headers: Mapping[str, str], **kwargs: Any
+    ) -> Any:
+        note(url, headers)
+        return await real_async_request(self, url, headers, **kwargs)
+
     monkeypatch.setattr(Transport, "request", spy)
+    monkeypatch.setattr(AsyncTransport, "request", async_spy)
     setup = connect(**BYTE_MODES["redirect"])
     asset = big_asset(setup.client)
-    setup.client.read_range(asset.asset_id, asset.artifact_version_id, 0, 10)
+    read_range_blocking(setup.client, asset.asset_id, asset.artifact_version_id, 0, 10)
     assert [path.split("/")[1] for path, _, _ in sent] == ["api", "api", "blob"]
     assert [key for _, key, _ in sent] == [api_key, api_key, None]
     assert {agent for _, _, agent in sent} == {f"cometfs/{cometfs.__version__}"}
@@ -469,7 +490,7 @@ def test_redirect_target_failing_is_transient(connect: Callable[..., Setup]) -> 
     setup = connect(retries=2, redirect_ttl=-10.0, **BYTE_MODES["redirect"])
     asset = big_asset(setup.client)
     with pytest.raises(TransientError, match="redirect target answered HTTP 403"):
-        setup.client.read_range(asset.asset_id, asset.artifact_version_id, 0, 10)
+        read_range_blocking(setup.client, asset.asset_id, asset.artifact_version_id, 0, 10)
     assert (setup.count("get-asset"), setup.count("blob", 403)) == (3, 3)
 
 
@@ -481,11 +502,11 @@ def test_redirect_blob_url_expires(
     client = CometClient(server.url, api_key, clock=lambda: now[0])
     try:
         asset = big_asset(client)
-        client.read_range(asset.asset_id, asset.artifact_version_id, 0, 10)
-        client.read_range(asset.asset_id, asset.artifact_version_id, 0, 10)
+        read_range_blocking(client, asset.asset_id, asset.artifact_version_id, 0, 10)
+        read_range_blocking(client, asset.asset_id, asset.artifact_version_id, 0, 10)
         assert server.request_log.count("get-asset") == 1
         now[0] += 301.0
-        client.read_range(asset.asset_id, asset.artifact_version_id, 0, 10)
+        read_range_blocking(client, asset.asset_id, asset.artifact_version_id, 0, 10)
         assert server.request_log.count("get-asset") == 2
     finally:
         client.close()
@@ -529,7 +550,7 @@ def test_stream_chunks_are_sized_to_what_is_left(setup: Setup) -> None:
 def test_read_range_retries_one_500(setup: Setup, mode: str) -> None:
     asset = big_asset(setup.client)
     setup.server.faults.add(FaultRule("get-asset", "status", status=500, count=1))
-    data = setup.client.read_range(asset.asset_id, asset.artifact_version_id, 0, len(BIG))
+    data = read_range_blocking(setup.client, asset.asset_id, asset.artifact_version_id, 0, len(BIG))
     assert bytes(data) == BIG
     assert setup.count("get-asset", 500) == 1
     assert setup.count("get-asset") == 2
@@ -540,7 +561,7 @@ def test_read_range_retries_one_500(setup: Setup, mode: str) -> None:
 def test_read_range_429_with_retry_after(setup: Setup) -> None:
     asset = big_asset(setup.client)
     setup.server.faults.add(FaultRule("get-asset", "status", status=429, retry_after=2, count=1))
-    data = setup.client.read_range(asset.asset_id, asset.artifact_version_id, 0, len(BIG))
+    data = read_range_blocking(setup.client, asset.asset_id, asset.artifact_version_id, 0, len(BIG))
     assert bytes(data) == BIG
     assert setup.sleeps == [2.0]
 
@@ -550,7 +571,7 @@ def test_truncated_body_is_retried(setup: Setup, mode: str) -> None:
     # Where the bytes come from: the blob URL when the server redirects.
     source = "blob" if mode == "redirect" else "get-asset"
     setup.server.faults.add(FaultRule(source, "truncate", count=1))
-    data = setup.client.read_range(asset.asset_id, asset.artifact_version_id, 0, len(BIG))
+    data = read_range_blocking(setup.client, asset.asset_id, asset.artifact_version_id, 0, len(BIG))
     assert bytes(data) == BIG
     assert setup.count(source) == 2
     assert setup.client.counters()["retries"] == 1
@@ -560,7 +581,7 @@ def test_truncated_every_time_is_a_protocol_error(connect: Callable[..., Setup])
     setup = connect(retries=2, faults=parse_faults("get-asset=truncate"))
     asset = big_asset(setup.client)
     with pytest.raises(ProtocolError):
-        setup.client.read_range(asset.asset_id, asset.artifact_version_id, 100, 200_000)
+        read_range_blocking(setup.client, asset.asset_id, asset.artifact_version_id, 100, 200_000)
     assert setup.count("get-asset") == 3
 
 
@@ -586,38 +607,46 @@ def test_stale_size(setup: Setup, mode: str) -> None:
     ids = (asset.asset_id, asset.artifact_version_id)
     wrong = len(BIG) + 1
     with pytest.raises(StaleError):
-        setup.client.read_range(*ids, 0, len(BIG), expected_size=wrong)
+        read_range_blocking(setup.client, *ids, 0, len(BIG), expected_size=wrong)
     if mode != "no-range":
         with pytest.raises(StaleError):
-            setup.client.read_range(*ids, 5, 10, expected_size=wrong)
+            read_range_blocking(setup.client, *ids, 5, 10, expected_size=wrong)
     with pytest.raises(StaleError), setup.client.stream(*ids, expected_size=wrong) as chunks:
         next(iter(chunks))
     assert setup.sleeps == []
 
 
-def test_concurrent_reads_from_many_threads(setup: Setup, mode: str) -> None:
+def test_concurrent_reads_share_the_client(setup: Setup, mode: str) -> None:
     client = setup.client
     asset = big_asset(client)
     if mode == "no-range":
-        # Detect first, so the threads all see "stream" (and ask for nothing).
+        # Detect first, so the tasks all see "stream" (and ask for nothing).
         with pytest.raises(RangeNotSupported):
-            client.read_range(asset.asset_id, asset.artifact_version_id, 1, 2)
+            read_range_blocking(client, asset.asset_id, asset.artifact_version_id, 1, 2)
     rng = random.Random(3)
     jobs = []
     for _ in range(40):
         start = rng.randrange(len(BIG) - 1)
         jobs.append((start, min(len(BIG), start + rng.randrange(1, 300_000))))
+    results: dict[tuple[int, int], bytes | None] = {}
 
-    def read(window: tuple[int, int]) -> bytes | None:
-        try:
-            return bytes(client.read_range(asset.asset_id, asset.artifact_version_id, *window))
-        except RangeNotSupported:
-            return None
+    async def read(window: tuple[int, int], limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            try:
+                data = await client.read_range(asset.asset_id, asset.artifact_version_id, *window)
+                results[window] = bytes(data)
+            except RangeNotSupported:
+                results[window] = None
 
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(read, jobs))
-    for (start, end), data in zip(jobs, results, strict=True):
-        assert data == (None if mode == "no-range" else BIG[start:end])
+    async def main() -> None:
+        limiter = trio.CapacityLimiter(8)
+        async with trio.open_nursery() as nursery:
+            for window in jobs:
+                nursery.start_soon(read, window, limiter)
+
+    trio.run(main)
+    for start, end in jobs:
+        assert results[(start, end)] == (None if mode == "no-range" else BIG[start:end])
 
 
 # -- the key stays secret ----------------------------------------------------------------
@@ -632,8 +661,8 @@ def test_key_never_in_logs_or_errors(
     messages: list[str] = [repr(client)]
     asset = big_asset(client)
     calls: list[Callable[[], object]] = [
-        lambda: client.read_range(asset.asset_id, asset.artifact_version_id, 0, 10),
-        lambda: client.read_range(asset.asset_id, asset.artifact_version_id, 3, 10),
+        lambda: read_range_blocking(client, asset.asset_id, asset.artifact_version_id, 0, 10),
+        lambda: read_range_blocking(client, asset.asset_id, asset.artifact_version_id, 3, 10),
         lambda: client.artifact(WS, "nope"),
         lambda: client.experiment_metadata("nope"),
     ]

@@ -18,12 +18,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import trio
 
 from cometfs import errors
 from cometfs.client import CometClient
 from cometfs.client import http as client_http
 from cometfs.errors import ProtocolError, StaleError, TransientError
 from cometfs.server import ArtifactStore, AssetSource, CometServer, VersionSpec
+from cometfs.testing import read_range_blocking
 
 KEY = "SECRETKEY-test-0123456789"
 DATA = os.urandom(5000)
@@ -170,7 +172,7 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_sockets_stay_flat_over_bursts_of_fresh_threads(
+def test_sockets_stay_flat_over_bursts_of_concurrent_reads(
     store: ArtifactStore, make_server: Callable[..., CometServer], api_key: str
 ) -> None:
     store.add_version(VersionSpec("ws", "art", [AssetSource("f.bin", data=DATA)], version="1.0.0"))
@@ -179,27 +181,21 @@ def test_sockets_stay_flat_over_bursts_of_fresh_threads(
     try:
         asset = client.assets("ws", "art", "1.0.0")[0]
 
-        def burst() -> None:
-            threads = [
-                threading.Thread(
-                    target=client.read_range,
-                    args=(asset.asset_id, asset.artifact_version_id, 0, 100),
-                )
-                for _ in range(8)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(30)
+        async def burst() -> None:
+            async with trio.open_nursery() as nursery:
+                for _ in range(8):
+                    nursery.start_soon(
+                        client.read_range, asset.asset_id, asset.artifact_version_id, 0, 100
+                    )
 
         before = open_fds()
         for _ in range(20):
-            burst()
+            trio.run(burst)
         after = open_fds()
         assert server.request_log.count("get-asset") == 20 * 8
         # At most 8 requests run at once, so at most 8 connections are ever needed; each is
         # two fds here (the client's and the server's ends, in one process). A connection
-        # per thread would leave 160.
+        # per request would leave 160.
         assert after - before <= 2 * 8, (before, after)
     finally:
         client.close()
@@ -226,7 +222,7 @@ def test_trickling_byte_range_fails_within_the_deadline(
     client = clients(fake.url, timeout=1.5, read_timeout=5.0)
     started = time.monotonic()
     with pytest.raises(TransientError):
-        client.read_range("a1", "v1", 0, 10_000)
+        read_range_blocking(client, "a1", "v1", 0, 10_000)
     assert time.monotonic() - started < 1.5 + 1.0
 
 
@@ -332,7 +328,7 @@ def test_read_range_returns_one_buffer_of_exact_size(
     fake: FakeServer, clients: Callable[..., CometClient]
 ) -> None:
     fake.routes[GET_ASSET] = asset_route(DATA, None, ranges=True)
-    data = clients(fake.url).read_range("a1", "v1", 10, 4010)
+    data = read_range_blocking(clients(fake.url), "a1", "v1", 10, 4010)
     assert isinstance(data, bytearray) and len(data) == 4000
     assert data == DATA[10:4010]
 
@@ -395,7 +391,7 @@ def test_whole_asset_with_a_wrong_etag_is_stale(
 ) -> None:
     fake.routes[GET_ASSET] = asset_route(DATA, f'"{"0" * 64}"', ranges=ranges)
     with pytest.raises(StaleError, match="SHA-256"):
-        clients(fake.url).read_range("a1", "v1", 0, len(DATA), expected_size=len(DATA))
+        read_range_blocking(clients(fake.url), "a1", "v1", 0, len(DATA), expected_size=len(DATA))
 
 
 @pytest.mark.parametrize("ranges", [True, False])
@@ -403,7 +399,7 @@ def test_whole_asset_with_its_etag_is_served(
     fake: FakeServer, clients: Callable[..., CometClient], ranges: bool
 ) -> None:
     fake.routes[GET_ASSET] = asset_route(DATA, f'"{SHA.upper()}"', ranges=ranges)
-    data = clients(fake.url).read_range("a1", "v1", 0, len(DATA), expected_size=len(DATA))
+    data = read_range_blocking(clients(fake.url), "a1", "v1", 0, len(DATA), expected_size=len(DATA))
     assert bytes(data) == DATA
 
 
@@ -411,9 +407,9 @@ def test_part_of_an_asset_is_not_hashed_and_weak_etags_are_ignored(
     fake: FakeServer, clients: Callable[..., CometClient]
 ) -> None:
     fake.routes[GET_ASSET] = asset_route(DATA, f'"{"0" * 64}"', ranges=True)
-    assert bytes(clients(fake.url).read_range("a1", "v1", 1, 100)) == DATA[1:100]
+    assert bytes(read_range_blocking(clients(fake.url), "a1", "v1", 1, 100)) == DATA[1:100]
     fake.routes[GET_ASSET] = asset_route(DATA, f'W/"{"0" * 64}"', ranges=True)
-    assert bytes(clients(fake.url).read_range("a1", "v1", 0, len(DATA))) == DATA
+    assert bytes(read_range_blocking(clients(fake.url), "a1", "v1", 0, len(DATA))) == DATA
 
 
 def test_streamed_asset_with_a_wrong_etag_is_stale(
@@ -445,10 +441,12 @@ def test_debug_logs_never_show_a_blob_url(
     try:
         asset = client.assets("ws", "art", "1.0.0")[0]
         assert (
-            bytes(client.read_range(asset.asset_id, asset.artifact_version_id, 0, 10)) == DATA[:10]
+            bytes(read_range_blocking(client, asset.asset_id, asset.artifact_version_id, 0, 10))
+            == DATA[:10]
         )
         assert (
-            bytes(client.read_range(asset.asset_id, asset.artifact_version_id, 5, 10)) == DATA[5:10]
+            bytes(read_range_blocking(client, asset.asset_id, asset.artifact_version_id, 5, 10))
+            == DATA[5:10]
         )
     finally:
         client.close()

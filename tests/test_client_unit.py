@@ -25,6 +25,7 @@ from cometfs.errors import (
     Unauthorized,
 )
 from cometfs.model import Artifact, ArtifactVersion, Asset
+from cometfs.testing import read_range_blocking
 
 KEY = "SECRETKEY1234567890abcdef"
 
@@ -717,9 +718,9 @@ def test_client_checks_range_arguments() -> None:
     client = CometClient("http://127.0.0.1:9", KEY)
     for start, end in [(5, 5), (6, 5), (-1, 3)]:
         with pytest.raises(ValueError):
-            client.read_range("a", "v", start, end)
+            read_range_blocking(client, "a", "v", start, end)
     with pytest.raises(ValueError):
-        client.read_range("a", "v", 0, 11, expected_size=10)
+        read_range_blocking(client, "a", "v", 0, 11, expected_size=10)
     assert client.counters() == {}
 
 

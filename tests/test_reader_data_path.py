@@ -419,7 +419,7 @@ class _FailingStreamClient:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def read_range(self, *args: Any, **kwargs: Any) -> bytes:
+    async def read_range(self, *args: Any, **kwargs: Any) -> bytes:
         raise RangeNotSupported("this fake server ignores Range")
 
     @contextlib.contextmanager

@@ -267,12 +267,12 @@ def test_a_hit_read_as_it_expires_is_not_a_key_error() -> None:
 class BlockingBytes(FakeClient):
     def __init__(self) -> None:
         super().__init__()
-        self.release = threading.Event()
-        self.started = threading.Semaphore(0)
+        self.release = trio.Event()
+        self.started = 0
 
-    def read_range(self, *_: Any, **__: Any) -> bytes:
-        self.started.release()
-        assert self.release.wait(10)
+    async def read_range(self, *_: Any, **__: Any) -> bytes:
+        self.started += 1
+        await self.release.wait()
         return b"x"
 
 
@@ -282,10 +282,10 @@ def test_listings_never_wait_behind_byte_fetches() -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            for _ in range(2):  # every thread the listing limiter has
+            for _ in range(2):  # as many as the listing limiter has threads
                 nursery.start_soon(store.fetch_range, AssetKey("v", "a", 1), 0, 1)
-            for _ in range(2):
-                await trio.to_thread.run_sync(client.started.acquire)
+            await trio.testing.wait_all_tasks_blocked()
+            assert client.started == 2
             try:
                 with trio.fail_after(5):
                     assert await store.workspaces() == ["ws"]
@@ -296,8 +296,9 @@ def test_listings_never_wait_behind_byte_fetches() -> None:
 
 
 def test_range_reads_run_many_more_at_once_than_listings() -> None:
-    # With 25 ms per request a walk over small files is bound by round trips: the default
-    # store lets far more range reads wait on the network at once than listing threads.
+    # With 25 ms per request a walk over small files is bound by round trips: the store
+    # lets far more range reads wait on the network at once than it has listing threads
+    # (the reader bounds them, at 32 by default).
     client = BlockingBytes()
     store = Store(client, clock=Clock())  # type: ignore[arg-type]
     wanted = 24
@@ -306,9 +307,9 @@ def test_range_reads_run_many_more_at_once_than_listings() -> None:
         async with trio.open_nursery() as nursery:
             for _ in range(wanted):
                 nursery.start_soon(store.fetch_range, AssetKey("v", "a", 1), 0, 1)
+            await trio.testing.wait_all_tasks_blocked()
             try:
-                for _ in range(wanted):
-                    assert await trio.to_thread.run_sync(client.started.acquire, True, 5)
+                assert client.started == wanted
             finally:
                 client.release.set()
 

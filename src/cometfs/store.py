@@ -1,7 +1,8 @@
 """Async facade over the blocking REST client, used by the tree and the reader.
 
-Runs on the trio thread; every client call goes to a worker thread. Listings and byte
-fetches have separate CapacityLimiters, so a burst of downloads never makes an `ls` wait.
+Runs on the trio thread. Range reads run there too (the client's read_range is async);
+every other client call goes to a worker thread. Listings and streams have separate
+CapacityLimiters, so a burst of downloads never makes an `ls` wait.
 Lists that can change (workspaces, artifacts, versions, aliases) are fresh for the metadata
 TTL; what never changes (a version's details and asset list, an experiment's metadata) is
 cached without expiry. Concurrent identical calls share one request (cometfs.flight).
@@ -50,9 +51,6 @@ ERROR_TTL = 2.0
 # copy: otherwise every lookup past the error TTL would block for a whole --timeout.
 STALE_GRACE = 0.25
 CACHE_ENTRIES = 4096
-# Threads for range reads (the reader's default parallel fetches match it); the client's
-# connection pool keeps at least this many plus the metadata and stream threads.
-FETCH_THREADS = 32
 # A stream is received in chunks of 2 MiB, each its own mapping in one huge page: 1 MiB
 # heap bytearrays were zeroed and faulted in 4 KiB pages under the GIL, and freed in any
 # order they left the heap fragmented (the --no-range soak peaked ~130 MiB above what the
@@ -64,7 +62,8 @@ _STREAM_CHUNKS_QUEUED = 1
 
 
 class RestClient(Protocol):
-    """The slice of cometfs.client.CometClient this facade needs (blocking calls)."""
+    """The slice of cometfs.client.CometClient this facade needs (blocking calls, but for
+    read_range)."""
 
     def workspaces(self) -> list[str]: ...
     def artifacts(self, workspace: str, artifact_type: str | None = None) -> list[Artifact]: ...
@@ -74,7 +73,7 @@ class RestClient(Protocol):
     ) -> ArtifactVersion: ...
     def assets(self, workspace: str, name: str, version: str) -> list[Asset]: ...
     def experiment_metadata(self, experiment_key: str) -> dict[str, Any]: ...
-    def read_range(
+    async def read_range(
         self,
         asset_id: str,
         version_id: str,
@@ -126,7 +125,6 @@ class Store:
         *,
         metadata_ttl: float = DEFAULT_METADATA_TTL,
         max_threads: int = 8,
-        fetch_threads: int = FETCH_THREADS,
         clock: Callable[[], float] = time.monotonic,
         error_ttl: float = ERROR_TTL,
     ) -> None:
@@ -135,11 +133,9 @@ class Store:
         self._error_ttl = min(error_ttl, metadata_ttl)
         self._clock = clock
         self._limiter = trio.CapacityLimiter(max_threads)
-        # Bytes have their own limiters: range reads and whole-asset streams hold threads for
-        # as long as a download takes, and a listing must never queue behind them. Range
-        # reads get more threads than listings: a walk over small files is bound by the
-        # request round trip (25 ms over a WAN), not by bandwidth, so it needs many in flight.
-        self._fetch_limiter = trio.CapacityLimiter(fetch_threads)
+        # Whole-asset streams hold a thread for as long as a download takes, and a listing
+        # must never queue behind them. Range reads need no thread; the reader bounds how
+        # many are in flight.
         self._stream_limiter = trio.CapacityLimiter(max(1, max_threads // 2))
         # Values stay past their TTL (evicted only by size) so an outage can serve them stale.
         self._mutable: LRUCache[Hashable, _Entry] = LRUCache(maxsize=CACHE_ENTRIES)
@@ -273,11 +269,8 @@ class Store:
     # -- bytes: the reader's ByteSource -----------------------------------------------------
 
     async def fetch_range(self, key: AssetKey, start: int, end: int) -> bytes | Buffer:
-        return await trio.to_thread.run_sync(
-            lambda: self._client.read_range(
-                key.asset_id, key.version_id, start, end, expected_size=key.size
-            ),
-            limiter=self._fetch_limiter,
+        return await self._client.read_range(
+            key.asset_id, key.version_id, start, end, expected_size=key.size
         )
 
     async def stream(self, key: AssetKey, sink: Callable[[Buffer], Awaitable[None]]) -> None:

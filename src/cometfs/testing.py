@@ -2,8 +2,8 @@
 
 One copy of what both need: waiting for a condition with a deadline, finding the pid of a
 `cometfs mount` daemon, unmounting it (with a lazy `fusermount3 -u -z` as the last resort),
-reading its log for problems, and writing random files. Everything here blocks and runs on the
-caller's thread.
+reading its log for problems, writing random files, and calling the client's async
+read_range from blocking code. Everything here blocks and runs on the caller's thread.
 """
 
 from __future__ import annotations
@@ -13,10 +13,25 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from cometfs.client import CometClient
+    from cometfs.client.buffers import Buffer
 
 CLI = [sys.executable, "-m", "cometfs.cli"]
 MiB = 1 << 20
+
+
+def read_range_blocking(
+    client: CometClient, asset_id: str, version_id: str, start: int, end: int, **kwargs: int
+) -> Buffer:
+    """client.read_range in a trio run of its own (never alongside another run's calls)."""
+    return trio.run(partial(client.read_range, asset_id, version_id, start, end, **kwargs))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:

@@ -27,7 +27,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from cometfs import __version__
@@ -51,12 +51,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Response = http.client.HTTPResponse
 
+
+class Answer(Protocol):
+    """An HTTP answer whose head is in: http.client's, or AsyncTransport's."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> http.client.HTTPMessage: ...
+
+
 USER_AGENT = f"cometfs/{__version__}"
 # A version listing of 100,000 assets with long paths and metadata is ~50 MB of JSON; an
 # answer five times that is not a listing, and decoding it would cost gigabytes of memory.
 MAX_JSON_BYTES = 256 << 20
 # Error bodies are a short {"msg", "code", "sdk_error_code"}; read no more than this of them.
-_MAX_ERROR_BODY = 64 << 10
+MAX_ERROR_BODY = 64 << 10
 _JSON_CHUNK = 256 << 10
 _SERVER_ERRORS = frozenset({500, 502, 503, 504})
 # The backend's codes for "no such artifact" and "no such artifact version" (spec section 4).
@@ -169,8 +179,7 @@ class Http:
         while the target stays on the host it was first sent to.
         """
         self.count(endpoint)
-        if params:
-            url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+        url = with_params(url, params)
         origin = _origin(url)
         response = self._send(url, headers, auth, deadline, what)
         hops = 0
@@ -194,58 +203,52 @@ class Http:
             try:
                 return attempt()
             except Retryable as exc:
-                if n == self._retries:
-                    raise exc.error from None
-                delay = self._delay(n, exc.retry_after)
-                if deadline is not None and delay >= deadline.left():
-                    log.info("%s; no time left for another attempt", exc.error)
-                    raise exc.error from None
-                log.info("%s; retry %d of %d in %.2fs", exc.error, n + 1, self._retries, delay)
-                self.count("retries")
-                self._sleep(delay)
+                self._sleep(self.backoff(n, exc, deadline))
         raise AssertionError("unreachable")  # the loop always returns or raises
+
+    def backoff(self, attempt: int, exc: Retryable, deadline: Deadline | None) -> float:
+        """How long to wait before retrying after `exc` failed attempt number `attempt`
+        (from 0); raises its error instead when no retry or no time is left."""
+        if attempt == self._retries:
+            raise exc.error from None
+        delay = self._delay(attempt, exc.retry_after)
+        if deadline is not None and delay >= deadline.left():
+            log.info("%s; no time left for another attempt", exc.error)
+            raise exc.error from None
+        log.info("%s; retry %d of %d in %.2fs", exc.error, attempt + 1, self._retries, delay)
+        self.count("retries")
+        return delay
 
     def check_status(self, response: Response, what: str, deadline: Deadline | None = None) -> None:
         """Return for 2xx; otherwise release the response and raise Retryable (429, 5xx) or
         the mapped ApiError."""
-        status = response.status
-        if 200 <= status < 300:
+        if 200 <= response.status < 300:
             return
-        if status == 429:
-            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        retry = retryable_status(response, what)
+        if retry is not None:
             self.discard(response, deadline)
-            raise Retryable(
-                RateLimited(f"{what}: rate limited (HTTP 429)", retry_after=retry_after),
-                retry_after=retry_after,
-            )
-        if status in _SERVER_ERRORS:
-            # A 503 may say when to come back, as a 429 does.
-            retry_after = (
-                retry_after_seconds(response.headers.get("Retry-After")) if status == 503 else None
-            )
-            self.discard(response, deadline)
-            raise Retryable(
-                TransientError(f"{what}: server error (HTTP {status})", status=status),
-                retry_after=retry_after,
-            )
-        text = self.read_error_body(response, deadline)
-        msg, code = parse_error_body(text)
+            raise retry
+        raise self.status_error(response.status, self.read_error_body(response, deadline), what)
+
+    def status_error(self, status: int, body: str, what: str) -> ApiError:
+        """The error for a final non-2xx answer, from its status and (error) body."""
+        msg, code = parse_error_body(body)
         detail = f"{what}: HTTP {status}" + (f": {self._redact(msg)[:_MAX_MESSAGE]}" if msg else "")
         if status in (401, 403):
-            raise Unauthorized(
+            return Unauthorized(
                 f"{what}: the API key was refused (HTTP {status})",
                 status=status,
                 sdk_error_code=code,
             )
         if code in _NOT_FINAL_CODES:
-            raise NotFinalized(
+            return NotFinalized(
                 f"{what}: the artifact version is not finalized yet (sdk_error_code {code})",
                 status=status,
                 sdk_error_code=code,
             )
         if status == 404 or (status == 400 and code in _NOT_FOUND_CODES):
-            raise NotFound(detail, status=status, sdk_error_code=code)
-        raise ApiError(detail, status=status, sdk_error_code=code)
+            return NotFound(detail, status=status, sdk_error_code=code)
+        return ApiError(detail, status=status, sdk_error_code=code)
 
     def read_json(self, response: Response, what: str, deadline: Deadline) -> bytearray:
         """The body of a JSON answer, at most MAX_JSON_BYTES once decoded; released after.
@@ -292,28 +295,6 @@ class Http:
         if decoder is not None and not decoder.eof:
             raise Retryable(ProtocolError(f"{what}: the {encoding} body was cut short"))
         return body  # json.loads takes it as is: no copy of a large listing
-
-    def read_exact(self, response: Response, size: int, what: str, deadline: Deadline) -> Buffer:
-        """Read a body that must be exactly `size` bytes into one buffer; else Retryable.
-
-        Returns the buffer itself (a bytearray, or for a big body an anonymous mapping;
-        never copied): the caller owns it.
-        """
-        declared = content_length(response)
-        if declared is not None and declared != size:
-            raise Retryable(ProtocolError(f"{what}: Content-Length is {declared}, expected {size}"))
-        buffer = allocate(size)
-        got = self.fill(response, memoryview(buffer), what, deadline)
-        # Without a Content-Length nothing else says where the body ends.
-        if (
-            got == size
-            and declared is None
-            and self.read_some(response, bytearray(1), what, deadline)
-        ):
-            raise Retryable(ProtocolError(f"{what}: body longer than {size} bytes"))
-        if got != size:
-            raise Retryable(ProtocolError(f"{what}: body cut short at {got} of {size} bytes"))
-        return buffer
 
     def iter_body(
         self,
@@ -370,28 +351,19 @@ class Http:
         self, response: Response, view: memoryview | bytearray, what: str, deadline: Deadline
     ) -> int:
         """One socket read into `view` (0 at the end of the body), under the deadline."""
-        left = deadline.check(what)
+        _, timeout = self.timeouts(deadline, what)
         if response.fp is None:
             return 0
         try:
-            self._transport.settimeout(response, min(self._read_timeout, left))
+            self._transport.settimeout(response, timeout)
             return _read_once(response, view)
-        except TimeoutError:
-            waited = min(left, self._read_timeout)
-            raise Retryable(
-                TransientError(f"{what}: the body stalled (no byte for {waited:.1f} s)")
-            ) from None
-        except http.client.IncompleteRead:
-            raise Retryable(ProtocolError(f"{what}: the response body was cut short")) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise Retryable(
-                TransientError(f"{what}: connection lost while reading ({type(exc).__name__})")
-            ) from None
+            raise body_failure(what, exc, timeout) from None
 
     def read_error_body(self, response: Response, deadline: Deadline | None = None) -> str:
-        """Up to _MAX_ERROR_BODY bytes of an error answer as text; the response is released."""
+        """Up to MAX_ERROR_BODY bytes of an error answer as text; the response is released."""
         deadline = deadline or self.deadline(self._read_timeout)
-        buffer = bytearray(_MAX_ERROR_BODY)
+        buffer = bytearray(MAX_ERROR_BODY)
         view = memoryview(buffer)
         got = 0
         try:
@@ -410,7 +382,7 @@ class Http:
     def discard(self, response: Response, deadline: Deadline | None = None) -> None:
         """Drop an answer we will not use; a short body is read so the connection is kept."""
         declared = content_length(response)
-        if declared is not None and declared <= _MAX_ERROR_BODY:
+        if declared is not None and declared <= MAX_ERROR_BODY:
             self.read_error_body(response, deadline)
         else:
             self.release(response)
@@ -428,24 +400,30 @@ class Http:
         deadline: Deadline,
         what: str,
     ) -> Response:
-        left = deadline.check(what)
-        sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
-        if auth:
-            sent["Authorization"] = self._api_key
+        connect_timeout, read_timeout = self.timeouts(deadline, what)
         try:
             return self._transport.request(
                 url,
-                sent,
-                connect_timeout=min(self._connect_timeout, left),
-                read_timeout=min(self._read_timeout, left),
+                self.request_headers(headers, auth),
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
             )
         except http.client.InvalidURL:
-            # A bad URL: retrying won't help. Its text may quote the URL: not repeated.
-            raise ApiError(f"{what}: request failed (InvalidURL)") from None
+            raise invalid_url(what) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise Retryable(
-                TransientError(f"{what}: cannot reach the server ({type(exc).__name__})")
-            ) from None
+            raise unreachable(what, exc) from None
+
+    def request_headers(self, headers: Mapping[str, str] | None, auth: bool) -> dict[str, str]:
+        """What a request sends: ours, the caller's, and the key only with `auth`."""
+        sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
+        if auth:
+            sent["Authorization"] = self._api_key
+        return sent
+
+    def timeouts(self, deadline: Deadline, what: str) -> tuple[float, float]:
+        """Connect and read timeouts of the next attempt, cut to the time left."""
+        left = deadline.check(what)
+        return min(self._connect_timeout, left), min(self._read_timeout, left)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -487,24 +465,73 @@ def _read_once(raw: http.client.HTTPResponse, view: memoryview | bytearray) -> i
     return n
 
 
+def with_params(url: str, params: Mapping[str, str] | None) -> str:
+    """`url` with `params` added to its query string."""
+    if not params:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+
+
+def retryable_status(response: Answer, what: str) -> Retryable | None:
+    """The Retryable for an answer worth another attempt (429, 5xx), else None."""
+    status = response.status
+    if status == 429:
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        return Retryable(
+            RateLimited(f"{what}: rate limited (HTTP 429)", retry_after=retry_after),
+            retry_after=retry_after,
+        )
+    if status in _SERVER_ERRORS:
+        # A 503 may say when to come back, as a 429 does.
+        retry_after = (
+            retry_after_seconds(response.headers.get("Retry-After")) if status == 503 else None
+        )
+        return Retryable(
+            TransientError(f"{what}: server error (HTTP {status})", status=status),
+            retry_after=retry_after,
+        )
+    return None
+
+
+def invalid_url(what: str) -> ApiError:
+    # A bad URL: retrying won't help. Its text may quote the URL: not repeated.
+    return ApiError(f"{what}: request failed (InvalidURL)")
+
+
+def unreachable(what: str, exc: BaseException) -> Retryable:
+    """A request that got no answer (connect, send or head failed)."""
+    return Retryable(TransientError(f"{what}: cannot reach the server ({type(exc).__name__})"))
+
+
+def body_failure(what: str, exc: BaseException, waited: float) -> Retryable:
+    """A body read that failed: stalled, cut short or connection lost."""
+    if isinstance(exc, TimeoutError):
+        return Retryable(TransientError(f"{what}: the body stalled (no byte for {waited:.1f} s)"))
+    if isinstance(exc, http.client.IncompleteRead):
+        return Retryable(ProtocolError(f"{what}: the response body was cut short"))
+    return Retryable(
+        TransientError(f"{what}: connection lost while reading ({type(exc).__name__})")
+    )
+
+
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme.lower(), parts.netloc.lower()
 
 
-def content_length(response: Response) -> int | None:
+def content_length(response: Answer) -> int | None:
     """The Content-Length header as an int, or None when absent or malformed."""
     value = response.headers.get("Content-Length", "")
     return int(value) if value.strip().isdigit() else None
 
 
-def is_json(response: Response) -> bool:
+def is_json(response: Answer) -> bool:
     """Content-Type is application/json; unlike the SDK, parameters such as charset are fine."""
     media_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
     return media_type == "application/json"
 
 
-def sha256_etag(response: Response) -> str | None:
+def sha256_etag(response: Answer) -> str | None:
     """The ETag as a lowercase SHA-256 hex digest when it is one (the local server's is the
     asset's SHA-256); None for weak, absent or other ETags."""
     value = response.headers.get("ETag", "").strip()

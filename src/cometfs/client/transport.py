@@ -29,7 +29,11 @@ import ssl
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
+
+if TYPE_CHECKING:
+    import trio
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,7 @@ class Transport:
         host); otherwise OSError or http.client.HTTPException as http.client does. No retry,
         except a reused connection that turns out closed (see the module docstring).
         """
-        origin, target = _split(url)
+        origin, target = split_url(url)
         connection = self._take(origin)
         if connection is not None:
             try:
@@ -157,7 +161,7 @@ class Transport:
             with self._lock:
                 idle = self._idle.get(origin)
                 connection = idle.pop() if idle else None
-            if connection is None or not _dropped(connection.sock):
+            if connection is None or not dropped(connection.sock):
                 return connection
             connection.close()
 
@@ -209,7 +213,7 @@ class Transport:
             return self._ssl_context
 
 
-def _dropped(sock: socket.socket) -> bool:
+def dropped(sock: socket.socket | trio.socket.SocketType) -> bool:
     """Whether an idle connection's socket has anything to read: an end of file or bytes
     nobody asked for, and either way it cannot carry a request."""
     poller = select.poll()
@@ -217,7 +221,7 @@ def _dropped(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
-def _split(url: str) -> tuple[Origin, str]:
+def split_url(url: str) -> tuple[Origin, str]:
     """The origin and the request target (path and query) of an absolute URL."""
     # The query differs from call to call, the rest seldom: only the rest is parsed. A
     # fragment is never sent.
