@@ -451,6 +451,8 @@ class CometClient:
 
     def _detect(self, mode: ByteMode) -> None:
         """Record what get-asset does; "stream" overrides anything, the rest only "unknown"."""
+        if self._mode == mode:  # every answer says so again: no lock for that
+            return
         with self._lock:
             if self._mode == mode or (self._mode != "unknown" and mode != "stream"):
                 return

@@ -115,7 +115,7 @@ class AsyncHttp:
             raise Retryable(ProtocolError(f"{what}: Content-Length is {declared}, expected {size}"))
         buffer = allocate(size)
         view = memoryview(buffer)
-        got = 0
+        got = response.read_pending(view)
         try:
             while got < size:
                 n = await self.read_some(response, view[got:], what, deadline)
@@ -123,8 +123,10 @@ class AsyncHttp:
                     break
                 got += n
             # Without a Content-Length nothing else says where the body ends.
-            if got == size and await self.read_some(
-                response, memoryview(bytearray(1)), what, deadline
+            if (
+                got == size
+                and not response.done
+                and await self.read_some(response, memoryview(bytearray(1)), what, deadline)
             ):
                 raise Retryable(ProtocolError(f"{what}: body longer than {size} bytes"))
         finally:

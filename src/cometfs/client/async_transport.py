@@ -141,6 +141,20 @@ class AsyncResponse:
         self._chunk_left = 0
         self._home: tuple[AsyncTransport, Origin, _Connection] | None = None
 
+    def read_pending(self, view: memoryview) -> int:
+        """Copy body bytes already received into `view`, without waiting: a small body
+        usually arrives with its head. Only for a body framed by Content-Length."""
+        if self._home is None or self.length is None or self.done:
+            return 0
+        pending = self._home[2].pending
+        n = min(len(view), self.length, len(pending))
+        if n:
+            view[:n] = pending[:n]
+            del pending[:n]
+            self.length -= n
+            self.done = self.length == 0
+        return n
+
     async def read_some(self, view: memoryview) -> int:
         """Read body bytes into `view` (one receive, or a chunk-size line and one receive);
         0 once the body has ended. Interrupted (a timeout is a cancellation), it closes the
@@ -320,11 +334,11 @@ class AsyncTransport:
         """Send the request and read the answer's head, within `within` seconds."""
         try:
             try:
-                with trio.fail_after(within):
+                with trio.move_on_after(within) as scope:
                     await connection.send(request)
                     response = await _read_head(connection)
-            except trio.TooSlowError:
-                raise TimeoutError(f"no answer within {within:g} s") from None
+                if scope.cancelled_caught:
+                    raise TimeoutError(f"no answer within {within:g} s")
             except (ConnectionResetError, BrokenPipeError) as exc:
                 if connection.pending:
                     raise
