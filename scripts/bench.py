@@ -572,8 +572,8 @@ class Bench:
                     "rclone mount (default)",
                     med["rclone 8"],
                     goal_on="",
-                    notes="scripts/bench_ceiling.py --urls: http.client keep-alive GET per "
-                    "file in a worker thread, nothing checked or cached; spread "
+                    notes="scripts/bench_ceiling.py --urls: a keep-alive GET per file on the "
+                    "trio thread (cometfs's transport), nothing checked or cached; spread "
                     f"{spread(s['ceiling net 8'], 'files/s')}",
                     samples=self._samples(s, "ceiling net 8", "rclone 8"),
                 )
