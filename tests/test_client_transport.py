@@ -6,6 +6,7 @@ connections, the pool's bounds, body framings, bad answers, bad URLs and verifie
 from __future__ import annotations
 
 import http.client
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import trio
 
+from cometfs.client import CometClient
 from cometfs.client.async_transport import AsyncResponse, AsyncTransport
 from cometfs.client.http import Http
 from cometfs.client.transport import Transport
@@ -558,3 +560,36 @@ def test_a_cancelled_read_closes_its_connection(server: CountingServer) -> None:
         assert server.finished.acquire(timeout=WAIT)  # the server saw the connection end
     finally:
         transport.close()
+
+
+def test_a_connection_opened_ahead_serves_the_first_request(server: CountingServer) -> None:
+    transport = AsyncTransport(pool_size=4)
+
+    async def main() -> None:
+        await transport.preconnect(f"{server.url}/ok", connect_timeout=WAIT)
+        await transport.preconnect(f"{server.url}/other", connect_timeout=WAIT)  # one is idle
+        assert transport.idle() == 1
+        response = await transport.request(
+            f"{server.url}/ok", {}, connect_timeout=WAIT, read_timeout=WAIT
+        )
+        buffer = memoryview(bytearray(len(BODY)))
+        while await response.read_some(buffer):
+            pass
+        response.release()
+
+    try:
+        trio.run(main)
+        assert (server.accepted, server.requests, transport.idle()) == (1, ["/ok"], 1)
+    finally:
+        transport.close()
+
+
+def test_opening_a_connection_ahead_to_a_dead_server_is_quiet() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = CometClient(f"http://127.0.0.1:{port}", "key")
+    try:
+        trio.run(client.preconnect)  # logged at DEBUG, never raised
+    finally:
+        client.close()

@@ -248,6 +248,7 @@ async def _run(options: MountOptions, client: CometClient, ready: Callable[[], N
             nursery.start_soon(guard.watch)
             nursery.start_soon(_scan_cache, disk)
             nursery.start_soon(_return_memory_periodically)
+            nursery.start_soon(client.preconnect)
             ready()
             # Runs in a thread: its stat() is answered by pyfuse3.main below.
             nursery.start_soon(trio.to_thread.run_sync, raise_readahead, options.mountpoint)

@@ -236,6 +236,13 @@ class CometClient:
             deadline,
         )
 
+    async def preconnect(self) -> None:
+        """Open the connection the first byte read will use, while nothing waits for it:
+        over a WAN the connect and TLS handshakes are a few round trips of that read's time
+        to first byte. Never raises."""
+        deadline = self._http.deadline(self._timeout)
+        await self._fetch.preconnect(self._rest, "connection for byte reads", deadline)
+
     @contextlib.contextmanager
     def stream(
         self,

@@ -11,6 +11,7 @@ past it), and the retry loop's sleep.
 from __future__ import annotations
 
 import http.client
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -31,6 +32,8 @@ from cometfs.client.http import (
     with_params,
 )
 from cometfs.errors import ProtocolError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -79,6 +82,15 @@ class AsyncHttp:
             raise invalid_url(what) from None
         except (OSError, http.client.HTTPException) as exc:
             raise unreachable(what, exc) from None
+
+    async def preconnect(self, url: str, what: str, deadline: Deadline) -> None:
+        """Open a pooled connection to `url`'s origin ahead of the first request; a failure
+        is only logged (that request will try again)."""
+        connect_timeout, _ = self._http.timeouts(deadline, what)
+        try:
+            await self._transport.preconnect(url, connect_timeout=connect_timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            log.debug("%s: no connection opened ahead (%s)", what, type(exc).__name__)
 
     async def call(self, attempt: Callable[[], Awaitable[T]], what: str, deadline: Deadline) -> T:
         """Http.call's loop: retry on Retryable while the policy and the deadline allow."""

@@ -265,6 +265,14 @@ class AsyncTransport:
         except _NoAnswer as exc:
             raise exc.error from None
 
+    async def preconnect(self, url: str, *, connect_timeout: float) -> None:
+        """Open a connection to `url`'s origin and pool it, unless one is idle already, so
+        the first request there skips the connect (and TLS) round trips. Raises as
+        `request` does."""
+        origin, _ = split_url(url)
+        if not self._idle.get(origin):
+            self.give_back(origin, await self._connect(origin, connect_timeout))
+
     def give_back(self, origin: Origin, connection: _Connection) -> None:
         """Pool a connection whose last answer was read to the end."""
         idle = self._idle.get(origin)

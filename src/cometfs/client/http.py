@@ -1,7 +1,8 @@
 """HTTP plumbing under CometClient: one pool of keep-alive connections (transport.py, on
 http.client) for the process, total deadlines, bounded retries with jittered exponential
-backoff, HTTP status → cometfs error, bounded body reads (exact-length byte ranges,
-size-capped JSON) and request counters.
+backoff, HTTP status → cometfs error, bounded body reads (size-capped JSON, stream chunks)
+and request counters. The byte-range reads on the trio thread (async_http.py) use the same
+policy: the pieces they share are methods and functions here.
 
 Used from the worker threads that call CometClient, several at once; everything here is
 thread-safe (the transport is). The API key lives only in this object and is added
