@@ -158,12 +158,15 @@ class Engine:
             status=self._status,
             mount_time_ns=int(self._started_at * 1e9),
         )
-        async with graph.reader:
+        async with graph.reader, trio.open_nursery() as nursery:
+            # As the mount does: the first byte read then finds its connection open.
+            nursery.start_soon(self._client.preconnect)
             self._graph = graph
             self._stop = trio.Event()
             self._token = trio.lowlevel.current_trio_token()
             self._started.set()
             await self._stop.wait()
+            nursery.cancel_scope.cancel()
 
     def _status(self, reader: AssetReader) -> Callable[[], dict[str, Any]]:
         def status() -> dict[str, Any]:
