@@ -6,14 +6,14 @@ threads each blocking in a socket call cost as much again. For a walk over small
 was half of the mount's CPU per file (3.6 -> 2.0 ms, measured with 8 readers). Here a fetch
 is a send and a few receives on a non-blocking socket, run by the trio thread itself.
 
-The pooling rules are transport.py's: idle connections last in, first out, at most
-`pool_size` per origin and only for the `max_origins` most recent origins; an idle
-connection the server closed or wrote on is dropped before reuse; a request on a reused
-connection that gets no byte of an answer (the server closed it as we sent) is sent once
-more on a new connection, and only then. A connection is pooled again only when its answer
-was read to the end and nothing more arrived. Anything that interrupts an exchange, a
-cancellation included, closes its connection. Used from one trio run at a time (the
-store's), so the pool needs no lock.
+The pooling rules are transport.py's (one IdlePool class serves both): idle connections
+last in, first out, at most `pool_size` per origin and only for the `max_origins` most
+recent origins; an idle connection the server closed or wrote on is dropped before reuse; a
+request on a reused connection that gets no byte of an answer (the server closed it as we
+sent) is sent once more on a new connection, and only then. A connection is pooled again
+only when its answer was read to the end and nothing more arrived. Anything that interrupts
+an exchange, a cancellation included, closes its connection. Used from one trio run at a
+time (the store's), so the pool needs no lock.
 
 Answers: status line and headers (at most MAX_HEAD bytes), then a body framed by
 Content-Length, chunked, or the end of the connection. Without TLS a body goes straight from
@@ -28,12 +28,11 @@ import http.client
 import logging
 import os
 import ssl
-from collections import OrderedDict
 from collections.abc import Mapping
 
 import trio
 
-from cometfs.client.transport import Origin, dropped, split_url
+from cometfs.client.transport import IdlePool, Origin, dropped, split_url
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +71,19 @@ class _Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise _os_error(exc) from None
 
+    def take_pending(self, view: memoryview) -> int:
+        """Move bytes already received into the start of `view`; how many."""
+        n = min(len(view), len(self.pending))
+        if n:
+            view[:n] = self.pending[:n]
+            del self.pending[:n]
+        return n
+
     async def receive_into(self, view: memoryview) -> int:
         """Fill the start of `view` with bytes pending or, if none, with one receive; 0 at
         the end of the connection."""
         if self.pending:
-            n = min(len(view), len(self.pending))
-            view[:n] = self.pending[:n]
-            del self.pending[:n]
-            return n
+            return self.take_pending(view)
         return await self._receive(view)
 
     async def receive_more(self) -> bool:
@@ -144,16 +148,9 @@ class AsyncResponse:
     def read_pending(self, view: memoryview) -> int:
         """Copy body bytes already received into `view`, without waiting: a small body
         usually arrives with its head. Only for a body framed by Content-Length."""
-        if self._home is None or self.length is None or self.done:
+        if self._home is None or self.length is None:
             return 0
-        pending = self._home[2].pending
-        n = min(len(view), self.length, len(pending))
-        if n:
-            view[:n] = pending[:n]
-            del pending[:n]
-            self.length -= n
-            self.done = self.length == 0
-        return n
+        return self._counted(self._home[2].take_pending(view[: self.length]))
 
     async def read_some(self, view: memoryview) -> int:
         """Read body bytes into `view` (one receive, or a chunk-size line and one receive);
@@ -171,15 +168,20 @@ class AsyncResponse:
                 n = await connection.receive_into(view[: self.length])
                 if n == 0:
                     raise http.client.IncompleteRead(b"", self.length)
-                self.length -= n
-                self.done = self.length == 0
-                return n
+                return self._counted(n)
             n = await connection.receive_into(view)
             self.done = n == 0
             return n
         except BaseException:
             self._abandon()
             raise
+
+    def _counted(self, n: int) -> int:
+        """Book `n` bytes read of a Content-Length body."""
+        assert self.length is not None
+        self.length -= n
+        self.done = self.length == 0
+        return n
 
     async def _read_chunked(self, connection: _Connection, view: memoryview) -> int:
         if self._chunk_left == 0:
@@ -232,10 +234,8 @@ class AsyncTransport:
         max_origins: int = 8,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._pool_size = pool_size
-        self._max_origins = max_origins
         self._ssl_context = ssl_context
-        self._idle: OrderedDict[Origin, list[_Connection]] = OrderedDict()
+        self._pool: IdlePool[_Connection] = IdlePool(pool_size, max_origins)
 
     async def request(
         self,
@@ -270,39 +270,25 @@ class AsyncTransport:
         the first request there skips the connect (and TLS) round trips. Raises as
         `request` does."""
         origin, _ = split_url(url)
-        if not self._idle.get(origin):
+        if not self._pool.holds(origin):
             self.give_back(origin, await self._connect(origin, connect_timeout))
 
     def give_back(self, origin: Origin, connection: _Connection) -> None:
         """Pool a connection whose last answer was read to the end."""
-        idle = self._idle.get(origin)
-        if idle is None:
-            idle = self._idle[origin] = []
-            if len(self._idle) > self._max_origins:
-                for extra in self._idle.popitem(last=False)[1]:
-                    extra.close()
-        else:
-            self._idle.move_to_end(origin)
-        if len(idle) < self._pool_size:
-            idle.append(connection)
-        else:
-            connection.close()
+        for extra in self._pool.put(origin, connection):
+            extra.close()
 
     def idle(self) -> int:
         """How many idle connections the pool holds, all origins together."""
-        return sum(len(idle) for idle in self._idle.values())
+        return len(self._pool)
 
     def close(self) -> None:
         """Close every idle connection; connections in use are closed or pooled on release."""
-        idle = [connection for pool in self._idle.values() for connection in pool]
-        self._idle.clear()
-        for connection in idle:
+        for connection in self._pool.drain():
             connection.close()
 
     def _take(self, origin: Origin) -> _Connection | None:
-        idle = self._idle.get(origin)
-        while idle:
-            connection = idle.pop()
+        while (connection := self._pool.pop(origin)) is not None:
             if not connection.pending and not dropped(connection.socket):
                 return connection
             connection.close()
@@ -355,8 +341,6 @@ class AsyncTransport:
             connection.close()
             raise
         response._home = (self, origin, connection)
-        if response.length == 0 and not response.chunked:
-            response.done = True
         return response
 
     def _context(self) -> ssl.SSLContext:
@@ -423,6 +407,7 @@ async def _read_head(connection: _Connection) -> AsyncResponse:
     declared = headers.get("Content-Length")
     if status in _NO_BODY:
         response.length = 0
+        response.done = True
     elif encoding:
         if encoding.rsplit(",", 1)[-1].strip() != "chunked":
             raise http.client.HTTPException(f"unsupported Transfer-Encoding {encoding!r}")
@@ -431,6 +416,7 @@ async def _read_head(connection: _Connection) -> AsyncResponse:
         if not declared.strip().isdigit():
             raise http.client.HTTPException("malformed Content-Length")
         response.length = int(declared)
+        response.done = response.length == 0
     else:
         response.will_close = True  # the body runs to the end of the connection
     return response

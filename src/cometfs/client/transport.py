@@ -29,7 +29,7 @@ import ssl
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import quote, urlsplit
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Origin = tuple[str, str, int]
+C = TypeVar("C")  # a pooled connection
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Not allowed in a request line as it is: spaces, controls, anything not ASCII.
@@ -60,6 +61,52 @@ class _Response(http.client.HTTPResponse):
         self.home: tuple[Origin, http.client.HTTPConnection] | None = None
 
 
+class IdlePool(Generic[C]):
+    """Idle keep-alive connections by origin: last in, first out, at most `per_origin` each,
+    kept only for the `max_origins` origins given one most recently. The one set of pooling
+    rules for both transports (this one and async_transport.py); not thread-safe. Closing
+    is left to the caller, so a lock around these calls is never held across a close."""
+
+    def __init__(self, per_origin: int, max_origins: int) -> None:
+        self._per_origin = per_origin
+        self._max_origins = max_origins
+        self._idle: OrderedDict[Origin, list[C]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
+    def holds(self, origin: Origin) -> bool:
+        return bool(self._idle.get(origin))
+
+    def pop(self, origin: Origin) -> C | None:
+        """The connection given back last for `origin`, if any."""
+        idle = self._idle.get(origin)
+        return idle.pop() if idle else None
+
+    def put(self, origin: Origin, connection: C) -> list[C]:
+        """Keep `connection`; return those to close: an evicted origin's, or this one when
+        its origin's list is full."""
+        idle = self._idle.get(origin)
+        surplus: list[C] = []
+        if idle is None:
+            idle = self._idle[origin] = []
+            if len(self._idle) > self._max_origins:
+                surplus = self._idle.popitem(last=False)[1]
+        else:
+            self._idle.move_to_end(origin)
+        if len(idle) < self._per_origin:
+            idle.append(connection)
+        else:
+            surplus.append(connection)
+        return surplus
+
+    def drain(self) -> list[C]:
+        """Take every idle connection out."""
+        idle = [connection for pool in self._idle.values() for connection in pool]
+        self._idle.clear()
+        return idle
+
+
 class Transport:
     """Sends GETs on pooled keep-alive connections; see the module docstring."""
 
@@ -70,11 +117,9 @@ class Transport:
         max_origins: int = 8,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._pool_size = pool_size
-        self._max_origins = max_origins
         self._ssl_context = ssl_context
         self._lock = threading.Lock()
-        self._idle: OrderedDict[Origin, list[http.client.HTTPConnection]] = OrderedDict()
+        self._pool: IdlePool[http.client.HTTPConnection] = IdlePool(pool_size, max_origins)
 
     def request(
         self,
@@ -126,32 +171,19 @@ class Transport:
             connection.close()
             return
         with self._lock:
-            idle = self._idle.get(origin)
-            if idle is None:
-                idle = self._idle[origin] = []
-                evicted = (
-                    self._idle.popitem(last=False)[1] if len(self._idle) > self._max_origins else []
-                )
-            else:
-                self._idle.move_to_end(origin)
-                evicted = []
-            if len(idle) < self._pool_size:
-                idle.append(connection)
-            else:
-                evicted.append(connection)
-        for extra in evicted:
+            surplus = self._pool.put(origin, connection)
+        for extra in surplus:
             extra.close()
 
     def idle(self) -> int:
         """How many idle connections the pool holds, all origins together."""
         with self._lock:
-            return sum(len(idle) for idle in self._idle.values())
+            return len(self._pool)
 
     def close(self) -> None:
         """Close every idle connection; connections in use are closed or pooled on release."""
         with self._lock:
-            idle = [connection for pool in self._idle.values() for connection in pool]
-            self._idle.clear()
+            idle = self._pool.drain()
         for connection in idle:
             connection.close()
 
@@ -159,8 +191,7 @@ class Transport:
         """The most recently used idle connection that still looks usable, if any."""
         while True:
             with self._lock:
-                idle = self._idle.get(origin)
-                connection = idle.pop() if idle else None
+                connection = self._pool.pop(origin)
             if connection is None or not dropped(connection.sock):
                 return connection
             connection.close()
