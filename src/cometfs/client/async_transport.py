@@ -43,12 +43,19 @@ _NO_BODY = frozenset({204, 304})
 
 
 class _Connection:
-    """One socket (TLS or not) and the bytes received from it but not yet consumed."""
+    """One socket (TLS or not) and the bytes received from it but not yet consumed.
 
-    __slots__ = ("pending", "socket", "stream")
+    Without TLS it sends and receives on the non-blocking socket directly and waits only
+    when the socket cannot take or give bytes yet. trio's socket calls also yield to the
+    scheduler after every call that did not block: 2.7 scheduler rounds per small GET
+    instead of 1.
+    """
+
+    __slots__ = ("pending", "socket", "stream", "tls")
 
     def __init__(self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
         self.stream = stream
+        self.tls = isinstance(stream, trio.SSLStream)
         tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         self.socket = tcp.socket
         self.pending = bytearray()
@@ -66,6 +73,13 @@ class _Connection:
             os.close(fd)
 
     async def send(self, data: bytes) -> None:
+        if not self.tls:
+            try:
+                data = data[os.write(self.socket.fileno(), data) :]
+            except BlockingIOError:
+                pass
+            if not data:
+                return
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -116,7 +130,11 @@ class _Connection:
                 data = await self.stream.receive_some(len(view))
                 view[: len(data)] = data
                 return len(data)
-            return await self.socket.recv_into(view)
+            while True:
+                try:
+                    return os.readv(self.socket.fileno(), [view])
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(self.socket)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise _os_error(exc) from None
 
