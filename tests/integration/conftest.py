@@ -18,7 +18,7 @@ from typing import Protocol
 import pytest
 
 from cometfs.server import CometServer
-from cometfs.testing import CLI, log_problems, mount_pid, unmount
+from cometfs.testing import CLI, log_problems, mount_pid, unmount, wait_until
 
 from .data import Dataset, start_world
 
@@ -71,8 +71,13 @@ class Mount:
         if not self.mounted:
             return
         self.mounted = False
+        pid = mount_pid(self.path)
         if not unmount(self.path, self.env):
             raise AssertionError(f"{self.path} still mounted after unmounting")
+        # The daemon writes its log from a thread of its own, so the log is whole only once
+        # the daemon has exited (a zombie's cmdline is empty: mount_pid no longer sees it).
+        if pid is not None and not wait_until(lambda: mount_pid(self.path) is None, 20):
+            raise AssertionError(f"the mount process {pid} of {self.path} did not exit")
 
     def pid(self) -> int:
         """The pid of this mount's daemon (a test failure if it is not running)."""
