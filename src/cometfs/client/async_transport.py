@@ -24,6 +24,7 @@ error mapping holds for both transports. Nothing here logs a URL.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import os
@@ -74,10 +75,8 @@ class _Connection:
 
     async def send(self, data: bytes) -> None:
         if not self.tls:
-            try:
+            with contextlib.suppress(BlockingIOError):  # the socket's buffer is full
                 data = data[os.write(self.socket.fileno(), data) :]
-            except BlockingIOError:
-                pass
             if not data:
                 return
         try:
