@@ -301,15 +301,17 @@ def _logging_to(level: str, log_file: Path | None, to_stderr: bool) -> Iterator[
         handlers.append(logging.StreamHandler(os.fdopen(fd, "a", buffering=1)))
     if to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
+    if not handlers:  # a background mount without --log-file: no thread to write nothing
+        logging.basicConfig(level=level.upper(), handlers=[logging.NullHandler()], force=True)
+        yield
+        return
     writer = logging.handlers.QueueListener(queue.SimpleQueue(), *handlers)
     # The QueueHandler formats each record where it is logged (exception text included);
     # the writer's handlers only write the finished line.
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[logging.handlers.QueueHandler(writer.queue)]
-        if handlers
-        else [logging.NullHandler()],
+        handlers=[logging.handlers.QueueHandler(writer.queue)],
         force=True,
     )
     writer.start()

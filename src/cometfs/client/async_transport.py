@@ -125,7 +125,7 @@ class _Connection:
 
     async def _receive(self, view: memoryview) -> int:
         try:
-            if isinstance(self.stream, trio.SSLStream):
+            if self.tls:
                 data = await self.stream.receive_some(len(view))
                 view[: len(data)] = data
                 return len(data)
